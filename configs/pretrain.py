@@ -1,0 +1,86 @@
+r"""Stage 1: multimodal pre-training (Taobao main-search design, DESIGN.md §1) on SynthShop.
+
+Variants: `tiny` (tests, seconds), `default` (the CPU demo run by `python -m mmret.launch`),
+`base` (BERT-base width, for accelerators).
+
+  python -m mmret.launch                                   # = configs/pretrain.py:default
+  python -m mmret.launch --config configs/pretrain.py:tiny --workdir /tmp/mmret_tiny
+  python -m mmret.launch --config configs/pretrain.py:base --config.data.synthshop_size=large
+  python -m mmret.launch --config.data.source=/path/to/byod_dir   # your own data (docs/DATA.md)
+"""
+
+import ml_collections
+
+from mmret.data import synthshop
+from mmret.towers.config import model_config
+
+_VARIANTS = ('tiny', 'default', 'base')
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or 'default'
+  if variant not in _VARIANTS:
+    raise ValueError(f'configs/pretrain.py: unknown variant {variant!r}; choose from {_VARIANTS}.')
+  tiny, base = variant == 'tiny', variant == 'base'
+  c = ml_collections.ConfigDict()
+  c.job = 'pretrain'
+  c.variant = variant
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  # 'synthshop' (generated, cached) or a directory in the bring-your-own-data format.
+  c.data.source = 'synthshop'
+  c.data.synthshop_size = 'tiny' if tiny else ('large' if base else 'small')
+  c.data.synthshop = synthshop.default_config(c.data.synthshop_size)
+  c.data.cache_dir = '~/.cache/mmret'  # generated data, TFDS files and trained tokenizers
+  c.data.image_size = 32
+  c.data.query_len = 12
+  c.data.title_len = 32
+  # 'minilm' (the vocabulary of the pretrained text encoder), 'train' (WordPiece trained on the
+  # catalog and queries) or a path to vocab.txt / tokenizer.json.
+  c.data.tokenizer = 'train' if tiny else 'minilm'
+  c.data.vocab_size = 2000 if tiny else 8000
+
+  c.model = model_config(variant)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.weights = ml_collections.ConfigDict(dict(
+      mlm_query=1.0, mlm_title=1.0, mpm=1.0, qic=1.0, qim=1.0, qim2=1.0))
+  c.loss.qic = 'am_softmax'  # 'sigmoid' | 'softmax' | 'am_softmax' (the source's order, best last)
+  c.loss.temperature = 0.05  # softmax
+  c.loss.scale = 20.0        # AM-Softmax s
+  c.loss.margin = 0.1        # AM-Softmax m
+  c.loss.symmetric = True    # QIC in both directions (query->item and item->query)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 8 if tiny else (256 if base else 64)
+  c.train.num_steps = 4 if tiny else (20_000 if base else 300)
+  c.train.log_every = 2 if tiny else 50
+  c.train.checkpoint_every = 2 if tiny else (1000 if base else 150)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'adamw'
+  c.optim.lr = 1e-3 if tiny else 2e-4
+  c.optim.final_lr_ratio = 0.1
+  c.optim.warmup_steps = 1 if tiny else (1000 if base else 30)
+  c.optim.weight_decay = 0.01
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.clip_norm = 1.0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.ks = (10, 50, 100, 1000)
+  c.eval.batch_size = 32 if tiny else 256
+  c.eval.scann = True
+  # Baselines reported beside the trained model (names: 'bm25', 'random_init').
+  c.eval.baselines = ('bm25', 'random_init')
+
+  # Data parallel over all devices by default; `model` shards vocab/mlp/heads when > 1.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1)
+  c.mesh.axes = ('data', 'model')
+  c.axis_rules = (
+      ('batch', 'data'), ('vocab', 'model'), ('mlp', 'model'), ('heads', 'model'),
+      ('embed', None), ('kv', None), ('length', None), ('patch', None), ('classes', None))
+  return c

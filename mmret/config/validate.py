@@ -1,0 +1,98 @@
+"""Config validation before anything compiles: impossible combinations fail with the key named.
+
+Unknown keys and wrong types are already rejected by the locked ConfigDict (see loading.py);
+this module checks values and their combinations.
+"""
+
+import pathlib
+
+import ml_collections
+
+from mmret.config.loading import ConfigError
+
+_QIC = ('sigmoid', 'softmax', 'am_softmax')
+_WIDTH_KEYS = ('width', 'hidden_size', 'emb_dim')
+_HEAD_KEYS = ('heads', 'num_heads')
+
+
+def _walk(config: ml_collections.ConfigDict, prefix: str = ''):
+  yield prefix, config
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _walk(v, f'{prefix}{k}.')
+
+
+def _positive_int(config, key: str) -> None:
+  node, leaf = config, key
+  for part in key.split('.')[:-1]:
+    node = node[part]
+  leaf = key.split('.')[-1]
+  value = node[leaf]
+  if not isinstance(value, int) or value <= 0:
+    raise ConfigError(f'config key {key!r}={value!r}: must be a positive integer.')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError naming the offending key. `num_devices` defaults to jax.device_count()."""
+  for prefix, node in _walk(config):
+    width = next((node[k] for k in _WIDTH_KEYS if k in node), None)
+    heads_key = next((k for k in _HEAD_KEYS if k in node), None)
+    if width is not None and heads_key is not None:
+      heads = node[heads_key]
+      if not isinstance(heads, int) or heads <= 0 or width % heads:
+        raise ConfigError(f'config key {prefix}{heads_key}={heads!r}: the width {width} is not '
+                          f'divisible by the number of heads.')
+
+  if 'train' in config:
+    for key in ('batch_size', 'num_steps', 'log_every'):
+      if key in config.train:
+        _positive_int(config, f'train.{key}')
+    if 'checkpoint_every' in config.train and config.train.checkpoint_every < 0:
+      raise ConfigError('config key train.checkpoint_every must be >= 0 (0 disables).')
+
+  if 'loss' in config:
+    if 'qic' in config.loss and config.loss.qic not in _QIC:
+      raise ConfigError(f'config key loss.qic={config.loss.qic!r}: choose from {_QIC}.')
+    for name, weight in config.loss.get('weights', {}).items():
+      if weight < 0:
+        raise ConfigError(f'config key loss.weights.{name}={weight}: weights must be >= 0.')
+    if 'temperature' in config.loss and config.loss.temperature <= 0:
+      raise ConfigError(f'config key loss.temperature={config.loss.temperature}: must be > 0.')
+
+  if 'eval' in config and 'ks' in config.eval:
+    if not config.eval.ks or any(not isinstance(k, int) or k <= 0 for k in config.eval.ks):
+      raise ConfigError(f'config key eval.ks={config.eval.ks!r}: positive integers required.')
+
+  if 'data' in config:
+    source = config.data.get('source', 'synthshop')
+    if source != 'synthshop' and not pathlib.Path(source).expanduser().is_dir():
+      raise ConfigError(f'config key data.source={source!r}: not "synthshop" and not a '
+                        'directory in the bring-your-own-data format (docs/DATA.md).')
+    if 'image_size' in config.data and 'model' in config:
+      patch = config.model.get('patch_size')
+      if patch and config.data.image_size % patch:
+        raise ConfigError(f'config key model.patch_size={patch}: does not divide '
+                          f'data.image_size={config.data.image_size}.')
+
+  if 'mesh' in config and 'train' in config:
+    _check_mesh(config, num_devices)
+
+
+def _check_mesh(config, num_devices):
+  if num_devices is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    num_devices = jax.device_count()
+  shape = list(config.mesh.shape)
+  if len(shape) != len(config.mesh.axes):
+    raise ConfigError(f'config key mesh.shape={tuple(shape)} and mesh.axes='
+                      f'{tuple(config.mesh.axes)} differ in length.')
+  fixed = 1
+  for s in shape:
+    if s != -1:
+      fixed *= s
+  if shape.count(-1) > 1 or num_devices % fixed:
+    raise ConfigError(f'config key mesh.shape={tuple(shape)} does not fit {num_devices} devices.')
+  data_size = num_devices // fixed if -1 in shape[:1] else shape[0]
+  if config.train.batch_size % data_size:
+    raise ConfigError(f'config key train.batch_size={config.train.batch_size} is not divisible '
+                      f'by the data-parallel size {data_size} (mesh.shape={tuple(shape)}).')

@@ -1,0 +1,129 @@
+"""The evaluation set of a BYOD dataset: eval-day queries, their target items, and grades.
+
+DESIGN.md §5: the eval data is the day after the training days (records.Dataset.splits). Per
+distinct eval query, every item clicked or purchased that day, by any user on any page, is a
+target. Relevance grades come from attributes where both the query and the item carry them
+(mmret.data.relevance: 2 exact, 1 same category, 0 irrelevant) and otherwise from the graded
+`relevance` labels logged in interactions.jsonl; a pair with neither is -1 (unknown), so metrics
+can leave it out instead of counting it as irrelevant.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from mmret.data import records
+from mmret.data import relevance
+
+UNKNOWN = -1  # grade of a pair with neither attributes nor a logged relevance label
+
+
+@dataclasses.dataclass
+class EvalSet:
+  """Eval-day queries with their targets and a grader over (query, catalog item) pairs.
+
+  queries: [Q] distinct eval-day queries with >= 1 target, in order of first appearance.
+  query_attributes: [Q] ground-truth attributes per query ({} when queries.jsonl lacks it).
+  query_counts: int64 [Q], how often each query was searched on the eval day: distinct pages
+    (page_id; interactions without page_id form one page per (query, day)).
+  targets: per query, sorted int64 item indices clicked or bought on the eval day.
+  image_only_targets: per query, the targets matching a query attribute that the item's title
+    omits (records.Item.title_omits), i.e. visible only in the image.
+  grader: attribute grades (relevance.AttributeGrader) over (queries, catalog items).
+  item_has_attributes: bool [N], the item carries any attribute.
+  label_keys / label_values: int64 [P] sorted (query * N + item) keys and int8 [P] grades of
+    the pairs judged in interactions.jsonl (max over repeated judgements).
+  """
+  queries: list[str]
+  query_attributes: list[dict[str, str]]
+  query_counts: np.ndarray
+  targets: list[np.ndarray]
+  image_only_targets: list[np.ndarray]
+  grader: relevance.AttributeGrader
+  item_has_attributes: np.ndarray
+  label_keys: np.ndarray
+  label_values: np.ndarray
+
+  @property
+  def num_items(self) -> int:
+    return int(self.item_has_attributes.shape[0])
+
+  def _labels(self, query_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+    """Logged grades for broadcast index arrays; UNKNOWN where the pair was never judged."""
+    keys = query_idx.astype(np.int64) * self.num_items + item_idx.astype(np.int64)
+    if not self.label_keys.size:
+      return np.full(keys.shape, UNKNOWN, np.int8)
+    pos = np.clip(np.searchsorted(self.label_keys, keys), 0, self.label_keys.size - 1)
+    return np.where(self.label_keys[pos] == keys, self.label_values[pos], UNKNOWN).astype(np.int8)
+
+  def grade(self, query_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+    """query_idx int [Q], item_idx int [Q, K] -> int8 [Q, K]: 2 / 1 / 0, or -1 unknown.
+
+    Attributes decide where the query names some and the item has any; otherwise the logged
+    relevance label of the pair, if one exists.
+    """
+    q = np.asarray(query_idx)[:, None]
+    i = np.asarray(item_idx)
+    by_attributes = self.grader.grade(q, i)
+    usable = (by_attributes != relevance.UNGRADED) & self.item_has_attributes[i]
+    return np.where(usable, by_attributes, self._labels(q, i)).astype(np.int8)
+
+  def category_relevant(self, query_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+    """query_idx int [Q], item_idx int [Q, K] -> bool [Q, K]: query category == item's."""
+    return self.grader.category_relevant(np.asarray(query_idx)[:, None], np.asarray(item_idx))
+
+
+def _judged_labels(dataset: records.Dataset, query_pos: dict[str, int]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Sorted pair keys and max grade of every logged relevance label of an eval query."""
+  index = dataset.item_index()
+  n = len(dataset.items)
+  best: dict[int, int] = {}
+  # Relevance is a property of the pair, not of the day: labels from every split count.
+  for x in dataset.interactions:
+    if x.relevance is None or x.query not in query_pos:
+      continue
+    key = query_pos[x.query] * n + index[x.item_id]
+    best[key] = max(best.get(key, 0), x.relevance)
+  keys = np.array(sorted(best), np.int64)
+  values = np.array([best[k] for k in keys.tolist()], np.int8)
+  return keys, values
+
+
+def build_eval_set(dataset: records.Dataset) -> EvalSet:
+  """Collects the eval-day targets per query (all users' clicks and purchases, DESIGN.md §5).
+
+  An interaction is a target when it is on the eval split and positive
+  (records.Interaction.positive: clicked or bought; engaged or unlabelled as fallbacks).
+  """
+  index = dataset.item_index()
+  found: dict[str, set[int]] = {}
+  pages: dict[str, set[tuple]] = {}
+  for x, split, page in zip(dataset.interactions, dataset.splits(), dataset.page_keys()):
+    if split != 'eval':
+      continue
+    pages.setdefault(x.query, set()).add(page)
+    if x.positive:
+      found.setdefault(x.query, set()).add(index[x.item_id])
+
+  names = [q for q in pages if q in found]  # dict order = first appearance
+  query_attrs = [dict(dataset.queries[q].attributes) if q in dataset.queries else {}
+                 for q in names]
+  targets, image_only = [], []
+  for q, attrs in zip(names, query_attrs):
+    t = np.array(sorted(found[q]), np.int64)
+    targets.append(t)
+    image_only.append(np.array(
+        [i for i in t.tolist() if relevance.image_only_match(
+            attrs, dataset.items[i].attributes, dataset.items[i].title_omits)], np.int64))
+  label_keys, label_values = _judged_labels(dataset, {q: k for k, q in enumerate(names)})
+  return EvalSet(
+      queries=names,
+      query_attributes=query_attrs,
+      query_counts=np.array([len(pages[q]) for q in names], np.int64),
+      targets=targets,
+      image_only_targets=image_only,
+      grader=relevance.AttributeGrader(query_attrs, [it.attributes for it in dataset.items]),
+      item_has_attributes=np.array([bool(it.attributes) for it in dataset.items], bool),
+      label_keys=label_keys,
+      label_values=label_values)

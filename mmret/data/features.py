@@ -1,0 +1,220 @@
+"""Grain transforms: TFDS rows -> joined examples -> fixed-shape numpy batches.
+
+Everything here is a module-level class holding only picklable state (paths, a Tokenizer, ints),
+so a pipeline can run in Grain worker processes. Rows come from `tfds_builder` splits; text is
+read back as UTF-8 bytes and decoded here. A `Batcher` is a Grain `batch_fn`: they receive the list
+of examples of one batch, tokenise all texts at once (`encode_batch` is far faster than one call
+per row) and, when asked to, pad a short last batch to the full size with a `valid` mask.
+"""
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mmret.data import tfds_builder
+from mmret.data import tokenizer as tokenizer_lib
+
+Row = Mapping[str, Any]
+
+# Fields of an interaction row that the joined examples carry along.
+_INTERACTION_FIELDS = ('query', 'query_index', 'item_index', 'page_index', 'position',
+                       *tfds_builder.LABELS, *(f'{n}_present' for n in tfds_builder.LABELS))
+_ITEM_FIELDS = ('title', 'image', 'has_image', 'context', 'context_present')
+
+
+def to_str(value: bytes | str) -> str:
+  """TFDS Text features come back as UTF-8 bytes."""
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+class ItemSource:
+  """Random access to the `items` split, opened lazily by path (so it pickles to workers)."""
+
+  def __init__(self, builder_dir: str):
+    self.builder_dir = builder_dir
+    self._source = None
+    self._lock = threading.Lock()
+
+  def __getitem__(self, index: int) -> Row:
+    if self._source is None:
+      with self._lock:
+        if self._source is None:
+          builder = tfds.builder_from_directory(self.builder_dir)
+          self._source = builder.as_data_source(split='items')
+    return self._source[index]
+
+  def __getstate__(self):
+    return {'builder_dir': self.builder_dir}
+
+  def __setstate__(self, state):
+    self.__init__(state['builder_dir'])
+
+
+class IsPositive(grain.transforms.Filter):
+  """Keeps interactions that are positives (clicked or bought; see records.Interaction)."""
+
+  def filter(self, element: Row) -> bool:
+    return bool(element['positive'])
+
+
+class JoinItem(grain.transforms.Map):
+  """Interaction row -> the interaction's fields plus its item's title, image and context."""
+
+  def __init__(self, builder_dir: str):
+    self.items = ItemSource(builder_dir)
+
+  def map(self, element: Row) -> dict[str, Any]:
+    item = self.items[int(element['item_index'])]
+    out = {k: element[k] for k in _INTERACTION_FIELDS}
+    out.update({k: item[k] for k in _ITEM_FIELDS})
+    return out
+
+
+def pad_rows(rows: Sequence[Row], batch_size: int) -> tuple[list[Row], np.ndarray]:
+  """Pads rows to batch_size by repeating the last row; valid bool [batch_size] marks real rows.
+
+  Copies of a real row (not zeros) keep every padded row well-formed, e.g. a non-empty token
+  mask, so nothing downstream divides by zero on rows that are then masked out.
+  """
+  rows = list(rows)
+  if not rows or len(rows) > batch_size:
+    raise ValueError(f'cannot pad {len(rows)} rows to a batch of {batch_size}.')
+  valid = np.arange(batch_size) < len(rows)
+  return rows + [rows[-1]] * (batch_size - len(rows)), valid
+
+
+def query_features(queries: Sequence[str], tokenizer: tokenizer_lib.Tokenizer, query_len: int
+                   ) -> dict[str, np.ndarray]:
+  """query_tokens int32 [B, Lq], query_mask bool [B, Lq]."""
+  tokens, mask = tokenizer.encode(queries, query_len)
+  return {'query_tokens': tokens, 'query_mask': mask}
+
+
+def trigram_features(queries: Sequence[str], num_buckets: int, max_trigrams: int
+                     ) -> dict[str, np.ndarray]:
+  """trigram_ids int32 [B, T], trigram_mask bool [B, T]."""
+  ids, mask = tokenizer_lib.char_trigram_ids(queries, num_buckets, max_trigrams)
+  return {'trigram_ids': ids, 'trigram_mask': mask}
+
+
+def item_features(rows: Sequence[Row], tokenizer: tokenizer_lib.Tokenizer, title_len: int
+                  ) -> dict[str, np.ndarray]:
+  """Item-side batch fields of rows carrying _ITEM_FIELDS and item_index.
+
+  Returns title_tokens int32 [B, Lt], title_mask bool [B, Lt], image uint8 [B, S, S, 3],
+  image_present bool [B], text_present bool [B] (False for an empty title), item_index int32 [B],
+  context float32 [B, C], context_present bool [B, C].
+  """
+  titles = [to_str(r['title']) for r in rows]
+  tokens, mask = tokenizer.encode(titles, title_len)
+  return {
+      'title_tokens': tokens, 'title_mask': mask,
+      'image': np.stack([r['image'] for r in rows]).astype(np.uint8),
+      'image_present': np.array([r['has_image'] for r in rows], bool),
+      'text_present': np.array([bool(t.strip()) for t in titles], bool),
+      'item_index': np.array([r['item_index'] for r in rows], np.int32),
+      'context': np.stack([r['context'] for r in rows]).astype(np.float32),
+      'context_present': np.stack([r['context_present'] for r in rows]).astype(bool),
+  }
+
+
+def engagement_label(row: Row) -> tuple[float, bool]:
+  """(label, present): engaged if logged, else clicked or bought if either is logged."""
+  if row['engaged_present']:
+    return float(row['engaged']), True
+  if row['click_present'] or row['purchase_present']:
+    return float(max(row['click'], row['purchase'])), True
+  return 0.0, False
+
+
+class Batcher:
+  """Grain batch_fn: rows -> fields(rows); pad=True fills a short batch and adds `valid` [B]."""
+
+  def __init__(self, fields, batch_size: int, pad: bool):
+    self.fields, self.batch_size, self.pad = fields, batch_size, pad
+
+  def __call__(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
+    valid = None
+    if self.pad:
+      rows, valid = pad_rows(rows, self.batch_size)
+    batch = self.fields(rows)
+    if valid is not None:
+      batch['valid'] = valid
+    return batch
+
+
+class PairFields:
+  """Pre-training pair batch (ARCHITECTURE.md): query + item fields + query_index."""
+
+  def __init__(self, tokenizer, query_len: int, title_len: int):
+    self.tokenizer, self.query_len, self.title_len = tokenizer, query_len, title_len
+
+  def __call__(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
+    batch = query_features([to_str(r['query']) for r in rows], self.tokenizer, self.query_len)
+    batch.update(item_features(rows, self.tokenizer, self.title_len))
+    batch['query_index'] = np.array([r['query_index'] for r in rows], np.int32)
+    return batch
+
+
+class ImpressionFields:
+  """Impression batch: pair fields plus query trigrams and the engagement label.
+
+  Adds trigram_ids/trigram_mask [B, T], engaged float32 [B] with engaged_present bool [B],
+  page_index int32 [B], position int32 [B] (-1 absent).
+  """
+
+  def __init__(self, tokenizer, query_len: int, title_len: int, num_buckets: int,
+               max_trigrams: int):
+    self.pairs = PairFields(tokenizer, query_len, title_len)
+    self.num_buckets, self.max_trigrams = num_buckets, max_trigrams
+
+  def __call__(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
+    batch = self.pairs(rows)
+    batch.update(trigram_features([to_str(r['query']) for r in rows], self.num_buckets,
+                                  self.max_trigrams))
+    labels = [engagement_label(r) for r in rows]
+    batch['engaged'] = np.array([v for v, _ in labels], np.float32)
+    batch['engaged_present'] = np.array([p for _, p in labels], bool)
+    batch['page_index'] = np.array([r['page_index'] for r in rows], np.int32)
+    batch['position'] = np.array([r['position'] for r in rows], np.int32)
+    return batch
+
+
+class PageFields:
+  """Recall page batch: query_index [B], positives int32 [B, 3], positive_mask bool [B, 3]."""
+
+  def __call__(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
+    return {
+        'query_index': np.array([r['query_index'] for r in rows], np.int32),
+        'positives': np.stack([r['positives'] for r in rows]).astype(np.int32),
+        'positive_mask': np.stack([r['positive_mask'] for r in rows]).astype(bool),
+        'page_index': np.array([r['page_index'] for r in rows], np.int32),
+    }
+
+
+class ItemFields:
+  """Catalog batch for item vectors: item_features of `items` rows."""
+
+  def __init__(self, tokenizer, title_len: int):
+    self.tokenizer, self.title_len = tokenizer, title_len
+
+  def __call__(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
+    return item_features(rows, self.tokenizer, self.title_len)
+
+
+class QueryFields:
+  """Batch of raw query strings: query tokens, plus trigrams when num_buckets > 0."""
+
+  def __init__(self, tokenizer, max_len: int, num_buckets: int = 0, max_trigrams: int = 0):
+    self.tokenizer, self.max_len = tokenizer, max_len
+    self.num_buckets, self.max_trigrams = num_buckets, max_trigrams
+
+  def __call__(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
+    batch = query_features(list(rows), self.tokenizer, self.max_len)
+    if self.num_buckets:
+      batch.update(trigram_features(list(rows), self.num_buckets, self.max_trigrams))
+    return batch

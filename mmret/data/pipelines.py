@@ -1,0 +1,163 @@
+"""Grain pipelines over a prepared TFDS dataset -> fixed-shape numpy batches (ARCHITECTURE.md).
+
+  pretrain_pairs  one positive (query, item) pair per row, for stage-1 pre-training
+  recall_pages    one clicked page per row (query_index, up to 3 positives), for stage 2
+  impressions     every impression with its engagement label, for Que2Engage-style training
+  item_batches    the whole catalog in order, for item vectors at evaluation time
+  query_batches   a list of query strings, for query vectors at evaluation time
+
+Every training pipeline has the same shape:
+  source split -> shard (rows shard_index::shard_count, so processes see disjoint slices) ->
+  shuffle(seed) -> repeat(num_epochs) -> [filter] -> [join the item] -> batch.
+`num_epochs=None` repeats forever (each epoch reshuffled, deterministically) and batches have
+exactly `batch_size` rows and no `valid` field. A finite `num_epochs` (evaluation) keeps the
+short last batch, padded to `batch_size` by repeating its last row, with `valid` bool [B].
+The result is a `grain.IterDataset`: `it = iter(ds)`; `it.get_state()` / `it.set_state(s)`
+checkpoint the position (grain.checkpoint handlers do this through orbax).
+"""
+
+from collections.abc import Sequence
+
+import grain
+import tensorflow_datasets as tfds
+
+from mmret.data import features
+from mmret.data import tokenizer as tokenizer_lib
+
+# Threads decoding rows in parallel. Decoding is mostly numpy/protobuf work that releases the
+# GIL only in part, so a few threads suffice; the prefetch buffer smooths the join's latency.
+DEFAULT_READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=256)
+_OPTIONS = grain.experimental.DatasetOptions(
+    # Click logs are mostly non-clicks: filtering out >90% of impressions is expected here.
+    filter_warn_threshold_ratio=None)
+
+
+def _source(builder: tfds.core.DatasetBuilder, split: str):
+  if split not in builder.info.splits:
+    raise ValueError(f'the prepared dataset has no {split!r} split (it has '
+                     f'{sorted(builder.info.splits)}): see docs/DATA.md for when a split is '
+                     'empty.')
+  return builder.as_data_source(split=split)
+
+
+def _pipeline(source, batcher: features.Batcher, *, seed: int, shard_index: int,
+              shard_count: int, num_epochs: int | None, shuffle: bool = True,
+              filter_fn: grain.transforms.Filter | None = None,
+              map_fn: grain.transforms.Map | None = None,
+              read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+  """Assembles source -> shard -> shuffle -> repeat -> filter -> map -> batch."""
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f'shard_index {shard_index} is not in [0, {shard_count}).')
+  ds = grain.MapDataset.source(source)[shard_index::shard_count]
+  if len(ds) == 0:  # pylint: disable=g-explicit-length-test
+    raise ValueError(f'shard {shard_index} of {shard_count} is empty ({len(source)} rows).')
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  if num_epochs != 1:
+    ds = ds.repeat(num_epochs)
+  if filter_fn is not None:
+    ds = ds.filter(filter_fn)
+  if map_fn is not None:
+    ds = ds.map(map_fn)
+  it = ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS)
+  it = grain.experimental.WithOptionsIterDataset(it, _OPTIONS)
+  # Infinite streams never end, so drop_remainder only matters for finite ones, which pad.
+  return it.batch(batcher.batch_size, drop_remainder=False, batch_fn=batcher)
+
+
+def _check_training_positives(builder: tfds.core.DatasetBuilder, split: str) -> None:
+  # A filter over an infinite stream without a single positive would spin forever.
+  if split == 'train' and 'train_pages' not in builder.info.splits:
+    raise ValueError('the train split has no positive interaction (no click, purchase or '
+                     'engagement): nothing to pre-train on.')
+
+
+def pretrain_pairs(builder: tfds.core.DatasetBuilder, tokenizer: tokenizer_lib.Tokenizer, *,
+                   batch_size: int, seed: int, query_len: int, title_len: int,
+                   shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None,
+                   split: str = 'train', read_options: grain.ReadOptions | None = None
+                   ) -> grain.IterDataset:
+  """Positive (query, item) pairs joined with their items' features.
+
+  Positives are records.Interaction.positive (clicked or bought; with no labels at all, every
+  interaction). Batch: query_tokens/query_mask [B, Lq], title_tokens/title_mask [B, Lt],
+  image uint8 [B, S, S, 3], image_present, text_present bool [B], query_index (into the
+  `queries` split; -1 for an eval query unseen in train), item_index int32 [B], context [B, C],
+  context_present [B, C]; plus valid [B] when num_epochs is finite.
+  """
+  _check_training_positives(builder, split)
+  batcher = features.Batcher(features.PairFields(tokenizer, query_len, title_len), batch_size,
+                             pad=num_epochs is not None)
+  return _pipeline(_source(builder, split), batcher, seed=seed, shard_index=shard_index,
+                   shard_count=shard_count, num_epochs=num_epochs,
+                   filter_fn=features.IsPositive(), map_fn=features.JoinItem(builder.data_dir),
+                   read_options=read_options)
+
+
+def recall_pages(builder: tfds.core.DatasetBuilder, *, batch_size: int, seed: int,
+                 shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None,
+                 read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+  """Training pages: query_index [B], positives int32 [B, 3], positive_mask bool [B, 3].
+
+  A training page is a train-split page (page_id, else (query, day)) with at least one
+  positive; pages without one carry no recall signal and are not pages in this sense. Up to 3
+  distinct positives are kept, best positions first. Also page_index int32 [B].
+  """
+  _check_training_positives(builder, 'train')
+  batcher = features.Batcher(features.PageFields(), batch_size, pad=num_epochs is not None)
+  return _pipeline(_source(builder, 'train_pages'), batcher, seed=seed,
+                   shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs,
+                   read_options=read_options)
+
+
+def impressions(builder: tfds.core.DatasetBuilder, tokenizer: tokenizer_lib.Tokenizer, *,
+                batch_size: int, seed: int, query_len: int, title_len: int,
+                trigram_buckets: int, max_trigrams: int, shard_index: int = 0,
+                shard_count: int = 1, num_epochs: int | None = None, split: str = 'train',
+                read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+  """Every impression of a split, engaged or not (the engaged ones and the hard negatives).
+
+  Batch: the pretrain_pairs fields, trigram_ids/trigram_mask [B, T], engaged float32 [B]
+  (engaged, else click or purchase) with engaged_present bool [B], page_index, position int32.
+  """
+  fields = features.ImpressionFields(tokenizer, query_len, title_len, trigram_buckets,
+                                     max_trigrams)
+  batcher = features.Batcher(fields, batch_size, pad=num_epochs is not None)
+  return _pipeline(_source(builder, split), batcher, seed=seed, shard_index=shard_index,
+                   shard_count=shard_count, num_epochs=num_epochs,
+                   map_fn=features.JoinItem(builder.data_dir), read_options=read_options)
+
+
+def item_batches(builder: tfds.core.DatasetBuilder, tokenizer: tokenizer_lib.Tokenizer,
+                 batch_size: int, title_len: int, *, shard_index: int = 0, shard_count: int = 1,
+                 read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+  """The catalog once, in item order (rows shard_index::shard_count), last batch padded.
+
+  Batch: title_tokens/title_mask [B, Lt], image [B, S, S, 3], image_present, text_present,
+  item_index, context [B, C], context_present [B, C], valid bool [B].
+  """
+  batcher = features.Batcher(features.ItemFields(tokenizer, title_len), batch_size, pad=True)
+  return _pipeline(_source(builder, 'items'), batcher, seed=0, shard_index=shard_index,
+                   shard_count=shard_count, num_epochs=1, shuffle=False,
+                   read_options=read_options)
+
+
+def query_batches(queries: Sequence[str], tokenizer: tokenizer_lib.Tokenizer, batch_size: int,
+                  max_len: int, *, trigram_buckets: int = 0, max_trigrams: int = 16
+                  ) -> grain.MapDataset:
+  """Query strings in order: query_tokens/query_mask [B, L], valid [B] (last batch padded).
+
+  With trigram_buckets > 0 also trigram_ids/trigram_mask [B, max_trigrams].
+  """
+  if not queries:
+    raise ValueError('query_batches needs at least one query.')
+  fields = features.QueryFields(tokenizer, max_len, trigram_buckets, max_trigrams)
+  batcher = features.Batcher(fields, batch_size, pad=True)
+  return grain.MapDataset.source(list(queries)).batch(batch_size, batch_fn=batcher)
+
+
+def query_vocabulary(builder: tfds.core.DatasetBuilder) -> list[str]:
+  """The queries behind query_index: distinct train queries, sorted ([] without train data)."""
+  if 'queries' not in builder.info.splits:
+    return []
+  return [features.to_str(row['query']) for row in builder.as_data_source(split='queries')]

@@ -1,0 +1,315 @@
+"""The bring-your-own-data (BYOD) format: reading and validating a dataset directory.
+
+A dataset directory holds (field by field in docs/DATA.md):
+  items.jsonl         required; one catalog item per line, catalog order = item index
+  interactions.jsonl  required; one (query, item) impression or judgement per line
+  queries.jsonl       optional; attributes of query strings (ground truth for evaluation)
+  images/...          optional; PNG/JPEG pictures named by items' `image` field
+
+An absent optional field means that modality or label is absent, never an error. Everything else
+is checked: malformed JSON, missing required fields, wrong types, unknown fields (a typo must not
+be silently ignored), duplicate ids, unknown item ids and unreadable images raise `DataError`,
+whose message names the file, the line and the field: "<file>:<line>: field '<f>': <what>".
+"""
+
+import dataclasses
+import json
+import math
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from PIL import Image
+
+ITEMS_FILE = 'items.jsonl'
+INTERACTIONS_FILE = 'interactions.jsonl'
+QUERIES_FILE = 'queries.jsonl'
+SPLITS = ('train', 'eval')
+
+
+class DataError(ValueError):
+  """Invalid BYOD input; the message is "<file>:<line>: field '<field>': <what>"."""
+
+  def __init__(self, path: pathlib.Path | str, line: int, field: str | None, what: str):
+    where = f"{path}:{line}: " + (f"field '{field}': " if field else '')
+    super().__init__(where + what)
+    self.path, self.line, self.field = str(path), line, field
+
+
+@dataclasses.dataclass
+class Item:
+  """One catalog item. Absent modalities: description '', category/image None, context {}."""
+  item_id: str
+  title: str
+  description: str = ''
+  category: str | None = None
+  image: str | None = None            # absolute path to a PNG/JPEG
+  context: dict[str, float | None] = dataclasses.field(default_factory=dict)
+  attributes: dict[str, str] = dataclasses.field(default_factory=dict)
+  title_omits: tuple[str, ...] = ()   # attribute names shown in the image but not in the title
+
+
+@dataclasses.dataclass
+class Interaction:
+  """One logged impression (or a judged pair). None = the field was not given."""
+  query: str
+  item_id: str
+  page_id: str | None = None
+  position: int | None = None
+  click: bool | None = None
+  purchase: bool | None = None
+  engaged: bool | None = None
+  relevance: int | None = None        # graded 0/1/2
+  day: int | None = None
+  split: str | None = None            # 'train' | 'eval'
+
+  @property
+  def positive(self) -> bool:
+    """Clicked or bought; without those labels, engaged; with no label at all, True.
+
+    A log of bare (query, item) pairs is a list of positives (e.g. a relevance set), so an
+    interaction carrying no label counts as one.
+    """
+    if self.click is not None or self.purchase is not None:
+      return bool(self.click) or bool(self.purchase)
+    if self.engaged is not None:
+      return self.engaged
+    return True
+
+
+@dataclasses.dataclass
+class QueryInfo:
+  """A line of queries.jsonl: ground-truth attributes of a query string."""
+  query: str
+  attributes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Dataset:
+  """A validated BYOD directory held in memory."""
+  root: pathlib.Path
+  items: list[Item]                   # catalog order = item index used everywhere
+  interactions: list[Interaction]
+  queries: dict[str, QueryInfo]       # may be empty
+  context_names: tuple[str, ...]      # sorted union of the items' context keys
+
+  def item_index(self) -> dict[str, int]:
+    """item_id -> catalog index."""
+    return {item.item_id: i for i, item in enumerate(self.items)}
+
+  def page_keys(self) -> list[tuple]:
+    """Per interaction, the result page it was shown on: page_id, else (query, day)."""
+    return [('id', x.page_id) if x.page_id is not None else ('qd', x.query, x.day)
+            for x in self.interactions]
+
+  def splits(self) -> list[str]:
+    """Per interaction 'train' or 'eval' (ARCHITECTURE.md split rule).
+
+    `split` if given; else the interactions of the last day (max over all days) are eval; an
+    interaction with neither field is train.
+    """
+    days = [x.day for x in self.interactions if x.day is not None]
+    last = max(days) if days else None
+    out = []
+    for x in self.interactions:
+      if x.split is not None:
+        out.append(x.split)
+      else:
+        out.append('eval' if x.day is not None and x.day == last else 'train')
+    return out
+
+
+# --- field checkers: each returns the converted value or raises DataError ----------------------
+
+def _str(value, where, field):
+  if not isinstance(value, str):
+    raise DataError(*where, field, f'expected a string, got {json.dumps(value)}')
+  return value
+
+
+def _nonempty_str(value, where, field):
+  if not _str(value, where, field).strip():
+    raise DataError(*where, field, 'must not be empty')
+  return value
+
+
+def _int(value, where, field):
+  # bool is a subclass of int in Python, but `true` is not a day or a position.
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise DataError(*where, field, f'expected an integer, got {json.dumps(value)}')
+  return value
+
+
+def _nonneg_int(value, where, field):
+  if _int(value, where, field) < 0:
+    raise DataError(*where, field, f'must be >= 0, got {value}')
+  return value
+
+
+def _flag(value, where, field):
+  if isinstance(value, bool):
+    return value
+  if isinstance(value, int) and value in (0, 1):
+    return bool(value)
+  raise DataError(*where, field, f'expected true/false or 0/1, got {json.dumps(value)}')
+
+
+def _relevance(value, where, field):
+  if isinstance(value, bool) or value not in (0, 1, 2):
+    raise DataError(*where, field, f'expected a grade 0, 1 or 2, got {json.dumps(value)}')
+  return value
+
+
+def _split(value, where, field):
+  if value not in SPLITS:
+    raise DataError(*where, field, f"expected 'train' or 'eval', got {json.dumps(value)}")
+  return value
+
+
+def _str_dict(value, where, field):
+  if not isinstance(value, dict):
+    raise DataError(*where, field, f'expected an object, got {json.dumps(value)}')
+  for key, v in value.items():
+    _str(v, where, f'{field}.{key}')
+  return dict(value)
+
+
+def _context(value, where, field):
+  if not isinstance(value, dict):
+    raise DataError(*where, field, f'expected an object, got {json.dumps(value)}')
+  out = {}
+  for key, v in value.items():
+    if v is None:
+      out[key] = None
+    elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+      raise DataError(*where, f'{field}.{key}',
+                      f'expected a finite number or null, got {json.dumps(v)}')
+    else:
+      out[key] = float(v)
+  return out
+
+
+def _str_tuple(value, where, field):
+  if not isinstance(value, list):
+    raise DataError(*where, field, f'expected a list of strings, got {json.dumps(value)}')
+  return tuple(_str(v, where, field) for v in value)
+
+
+Checker = Callable[[Any, tuple, str], Any]
+
+# Per file: field -> (required, checker). Null in an optional field means "absent".
+_ITEM_FIELDS: dict[str, tuple[bool, Checker]] = {
+    'item_id': (True, _nonempty_str), 'title': (True, _str), 'description': (False, _str),
+    'category': (False, _str), 'image': (False, _nonempty_str), 'context': (False, _context),
+    'attributes': (False, _str_dict), 'title_omits': (False, _str_tuple),
+}
+_INTERACTION_FIELDS: dict[str, tuple[bool, Checker]] = {
+    'query': (True, _str), 'item_id': (True, _nonempty_str), 'page_id': (False, _str),
+    'position': (False, _nonneg_int), 'click': (False, _flag), 'purchase': (False, _flag),
+    'engaged': (False, _flag), 'relevance': (False, _relevance), 'day': (False, _int),
+    'split': (False, _split),
+}
+_QUERY_FIELDS: dict[str, tuple[bool, Checker]] = {
+    'query': (True, _str), 'attributes': (False, _str_dict),
+}
+
+
+def _read_jsonl(path: pathlib.Path, fields: dict[str, tuple[bool, Checker]]
+                ) -> Iterator[tuple[int, dict[str, Any]]]:
+  """Yields (line number, checked fields without absent ones) for each non-blank line."""
+  with open(path, encoding='utf-8') as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = (path, line_no)
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(path, line_no, None, f'malformed JSON: {e.msg} (column {e.colno})') from e
+      if not isinstance(record, dict):
+        raise DataError(path, line_no, None, 'expected a JSON object per line')
+      out = {}
+      for name, value in record.items():
+        if name not in fields:
+          raise DataError(path, line_no, name,
+                          f'unknown field (known: {", ".join(sorted(fields))})')
+        if value is not None:
+          out[name] = fields[name][1](value, where, name)
+      for name, (required, _) in fields.items():
+        if required and name not in out:
+          raise DataError(path, line_no, name, 'missing required field')
+      yield line_no, out
+
+
+def _check_image(path: pathlib.Path, where: tuple, field: str) -> None:
+  """Pillow `verify()` reads the whole file and checks its structure without decoding."""
+  if not path.is_file():
+    raise DataError(*where, field, f'image file {path} does not exist')
+  try:
+    with Image.open(path) as img:
+      fmt = img.format
+      img.verify()
+  except Exception as e:  # pillow raises many types for corrupt files
+    raise DataError(*where, field, f'unreadable image {path}: {e}') from e
+  if fmt not in ('PNG', 'JPEG'):
+    raise DataError(*where, field, f'image {path} is {fmt}, expected PNG or JPEG')
+
+
+def _load_items(root: pathlib.Path, check_images: bool) -> list[Item]:
+  path = root / ITEMS_FILE
+  items, seen = [], {}
+  for line_no, rec in _read_jsonl(path, _ITEM_FIELDS):
+    if rec['item_id'] in seen:
+      raise DataError(path, line_no, 'item_id', f"duplicate item_id {rec['item_id']!r} "
+                      f'(first on line {seen[rec["item_id"]]})')
+    seen[rec['item_id']] = line_no
+    if 'image' in rec:
+      image = root / rec['image']
+      if check_images:
+        _check_image(image, (path, line_no), 'image')
+      rec['image'] = str(image.resolve())
+    items.append(Item(**rec))
+  if not items:
+    raise DataError(path, 0, None, 'the catalog is empty')
+  return items
+
+
+def load_dataset(root: str | pathlib.Path, *, check_images: bool = True) -> Dataset:
+  """Reads and validates a BYOD directory.
+
+  Args:
+    root: directory with items.jsonl, interactions.jsonl and optionally queries.jsonl.
+    check_images: open every image with pillow `verify()` (slow for huge catalogs; `prepare`
+      decodes every image anyway).
+  Returns:
+    The Dataset, items in file order.
+  Raises:
+    DataError naming file, line and field; FileNotFoundError for a missing required file.
+  """
+  root = pathlib.Path(root).expanduser().resolve()
+  for name in (ITEMS_FILE, INTERACTIONS_FILE):
+    if not (root / name).is_file():
+      raise FileNotFoundError(f'{root / name} not found: a BYOD directory needs {ITEMS_FILE} '
+                              f'and {INTERACTIONS_FILE} (docs/DATA.md).')
+  items = _load_items(root, check_images)
+  known = {item.item_id for item in items}
+
+  path = root / INTERACTIONS_FILE
+  interactions = []
+  for line_no, rec in _read_jsonl(path, _INTERACTION_FIELDS):
+    if rec['item_id'] not in known:
+      raise DataError(path, line_no, 'item_id',
+                      f"unknown item_id {rec['item_id']!r} (not in {ITEMS_FILE})")
+    interactions.append(Interaction(**rec))
+
+  queries: dict[str, QueryInfo] = {}
+  path = root / QUERIES_FILE
+  if path.is_file():
+    for line_no, rec in _read_jsonl(path, _QUERY_FIELDS):
+      if rec['query'] in queries:
+        raise DataError(path, line_no, 'query', f"duplicate query {rec['query']!r}")
+      queries[rec['query']] = QueryInfo(**rec)
+
+  context_names = tuple(sorted({k for item in items for k in item.context}))
+  return Dataset(root=root, items=items, interactions=interactions, queries=queries,
+                 context_names=context_names)

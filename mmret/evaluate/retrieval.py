@@ -1,0 +1,163 @@
+"""The retrieval evaluator shared by every stage: vectors -> top-K -> Recall@K / Relevance@K.
+
+DESIGN.md §5: per eval-day query, the target set is every item clicked or bought that day; the
+top-K items come from nearest-neighbour search over the extracted query and item vectors, with
+ScaNN as the simulated online engine and exact search as the oracle.
+
+In the big_vision evaluator style the model enters only through two functions of the params:
+
+  evaluator = RetrievalEvaluator(query_vectors_fn, item_vectors_fn, eval_set)
+  metrics = evaluator.run(params)   # {'recall@10': ..., 'recall@10/exact': ..., ...}
+
+Metric keys for each requested K in ks (K is named as requested but computed at min(K, N), so a
+catalog of 300 items reports recall@1000 as its recall@300 and keys stay stable across data):
+  recall@K                   ScaNN top-K vs the target sets (queries with >= 1 target)
+  recall@K/exact             the same with exact search
+  relevance@K                share of ScaNN top-K items graded >= 1 (exact or same category)
+  exact_relevance@K          share graded 2 (exact match); unknown grades are left out
+  recall@K/image_only        ScaNN recall on image-only targets (queries with >= 1 of them)
+  recall@K/<name>            ScaNN recall on each extra target set (e.g. cold items)
+  scann_neighbour_recall@K   |ScaNN top-K ∩ exact top-K| / K
+With scann=False the unsuffixed metrics come from exact search and the ScaNN-only key is absent.
+The eval set is duck-typed: queries, targets, image_only_targets and grade(query_idx [Q],
+item_idx [Q, K]) -> int [Q, K] (mmret.data.evalset.EvalSet).
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+import time
+from typing import Any
+
+import numpy as np
+
+from mmret.evaluate import metrics
+from mmret.evaluate import search
+
+# grade() is called on this many queries at a time: grading materialises [rows, K, attributes]
+# intermediates, which for 100k queries x K=1000 would not fit in host memory at once.
+_GRADE_ROWS = 1024
+
+
+def grade_ranking(ids: np.ndarray, eval_set: Any) -> np.ndarray:
+  """ids int [Q, K] (-1 = empty) -> int8 grades [Q, K], -1 for empty slots and unknown pairs.
+
+  grade() only ever sees valid item indices: empty slots are graded as item 0 and masked.
+  """
+  ids = np.asarray(ids)
+  grades = np.full(ids.shape, -1, np.int8)
+  for start in range(0, ids.shape[0], _GRADE_ROWS):
+    block = ids[start:start + _GRADE_ROWS]
+    rows = np.arange(start, start + block.shape[0])
+    graded = np.asarray(eval_set.grade(rows, np.where(block >= 0, block, 0)), np.int8)
+    grades[start:start + block.shape[0]] = np.where(block >= 0, graded, -1)
+  return grades
+
+
+def evaluate_ranking(ids: np.ndarray, eval_set: Any, ks: Sequence[int],
+                     prefix: str = '') -> dict[str, float]:
+  """Recall / relevance / image-only recall of any ranking (a searcher's, BM25's, random).
+
+  Args:
+    ids: int [Q, K'] best-first item indices per eval query, -1 = empty slot; K' may be less
+      than max(ks) (a small catalog), and each K is then computed at min(K, K').
+    eval_set: the eval set (duck-typed, see the module docstring).
+    ks: cut-offs.
+    prefix: prepended to every key, e.g. 'bm25/' -> 'bm25/recall@10'.
+
+  Returns:
+    {prefix + 'recall@K', 'relevance@K', 'exact_relevance@K', 'recall@K/image_only'} for K in ks.
+  """
+  ids = np.asarray(ids)
+  if ids.shape[0] != len(eval_set.queries):
+    raise ValueError(f'ranking has {ids.shape[0]} rows for {len(eval_set.queries)} queries.')
+  grades = grade_ranking(ids[:, :max(ks)], eval_set)
+  out = {}
+  for k in ks:
+    out[f'{prefix}recall@{k}'] = metrics.recall_at_k(ids, eval_set.targets, k)
+    for name, value in metrics.relevance_at_k(grades, k).items():
+      out[prefix + name] = value
+    out[f'{prefix}recall@{k}/image_only'] = metrics.recall_at_k(
+        ids, eval_set.image_only_targets, k)
+  return out
+
+
+class RetrievalEvaluator:
+  """Recall@K and Relevance@K of a two-tower model's vectors on an eval set.
+
+  Attributes:
+    timings: seconds spent in each phase of the last run ('vectors', 'exact', 'scann_build',
+      'scann_search', 'metrics'); kept out of the metrics dict so its keys stay fixed.
+  """
+
+  def __init__(self, query_vectors_fn: Callable[[Any], np.ndarray],
+               item_vectors_fn: Callable[[Any], np.ndarray], eval_set: Any, *,
+               ks: Sequence[int] = (10, 50, 100, 1000), scann: bool = True,
+               extra_target_sets: Mapping[str, Sequence[np.ndarray]] | None = None):
+    """Args:
+      query_vectors_fn: params -> float [Q, D] vectors of eval_set.queries, in order.
+      item_vectors_fn: params -> float [N, D] vectors of the whole catalog, in catalog order.
+      eval_set: the eval set (duck-typed, see the module docstring).
+      ks: cut-offs K, each > 0.
+      scann: also search with ScaNN (the reported metrics) besides exact search (the oracle).
+      extra_target_sets: name -> Q target arrays, reported as 'recall@K/<name>'.
+    """
+    if not ks or any(int(k) <= 0 for k in ks):
+      raise ValueError(f'ks must be positive integers, got {ks}.')
+    extra_target_sets = dict(extra_target_sets or {})
+    for name, sets in extra_target_sets.items():
+      if name in ('exact', 'image_only'):
+        raise ValueError(f'extra target set name {name!r} clashes with a built-in metric.')
+      if len(sets) != len(eval_set.queries):
+        raise ValueError(f'extra target set {name!r} has {len(sets)} entries for '
+                         f'{len(eval_set.queries)} queries.')
+    self.query_vectors_fn = query_vectors_fn
+    self.item_vectors_fn = item_vectors_fn
+    self.eval_set = eval_set
+    self.ks = tuple(int(k) for k in ks)
+    self.scann = scann
+    self.extra_target_sets = extra_target_sets
+    self.timings: dict[str, float] = {}
+
+  def _vectors(self, params: Any) -> tuple[np.ndarray, np.ndarray]:
+    queries = np.asarray(self.query_vectors_fn(params), np.float32)
+    items = np.asarray(self.item_vectors_fn(params), np.float32)
+    if queries.shape[0] != len(self.eval_set.queries):
+      raise ValueError(f'query_vectors_fn returned {queries.shape[0]} vectors for '
+                       f'{len(self.eval_set.queries)} eval queries.')
+    if queries.ndim != 2 or items.ndim != 2 or queries.shape[1] != items.shape[1]:
+      raise ValueError(f'query vectors {queries.shape} and item vectors {items.shape} must be '
+                       '[Q, D] and [N, D] with the same D.')
+    return queries, items
+
+  def run(self, params: Any) -> dict[str, float]:
+    """Extracts vectors with params, searches, and returns the flat metrics dict."""
+    timings = {}
+    tic = time.perf_counter()
+    queries, items = self._vectors(params)
+    timings['vectors'] = time.perf_counter() - tic
+    k_max = min(max(self.ks), items.shape[0])
+
+    tic = time.perf_counter()
+    _, exact_ids = search.exact_topk(queries, items, k_max)
+    timings['exact'] = time.perf_counter() - tic
+    ids = exact_ids
+    if self.scann:
+      tic = time.perf_counter()
+      index = search.build_scann(items, num_neighbors=k_max)
+      timings['scann_build'] = time.perf_counter() - tic
+      tic = time.perf_counter()
+      _, ids = index.search(queries, k_max)
+      timings['scann_search'] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    out = evaluate_ranking(ids, self.eval_set, self.ks)
+    for k in self.ks:
+      out[f'recall@{k}/exact'] = metrics.recall_at_k(exact_ids, self.eval_set.targets, k)
+      for name, target_sets in self.extra_target_sets.items():
+        out[f'recall@{k}/{name}'] = metrics.recall_at_k(ids, target_sets, k)
+      if self.scann:
+        capped = min(k, k_max)
+        out[f'scann_neighbour_recall@{k}'] = search.neighbour_recall(
+            ids[:, :capped], exact_ids[:, :capped])
+    timings['metrics'] = time.perf_counter() - tic
+    self.timings = timings
+    return out

@@ -1,0 +1,74 @@
+"""Objectives: the one place where per-example losses are masked, reduced and weighted.
+
+Each objective takes the model's `out` dict (see docs/ARCHITECTURE.md) and the batch, and returns
+`(scalar_loss, metrics)` with namespaced metric keys (`loss/qic`, `loss/mlm_query`, ...).
+"""
+
+import jax.numpy as jnp
+import ml_collections
+
+from mmret.losses import contrastive
+from mmret.losses import token
+
+
+def _masked_mean(per_example, mask):
+  mask = mask.astype(per_example.dtype)
+  return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def qic_per_example(query, item, valid, loss: ml_collections.ConfigDict):
+  """QIC loss [B] for the configured variant (sigmoid < softmax < AM-Softmax in the source)."""
+  if loss.qic == 'sigmoid':
+    fn = lambda q, d, v: contrastive.qic_sigmoid(q, d, v, scale=loss.scale)
+  elif loss.qic == 'softmax':
+    fn = lambda q, d, v: contrastive.qic_softmax(q, d, v, temperature=loss.temperature)
+  else:
+    fn = lambda q, d, v: contrastive.qic_am_softmax(q, d, v, scale=loss.scale, margin=loss.margin)
+  forward = fn(query, item, valid)
+  if not loss.symmetric:
+    return forward
+  # item->query direction: the validity mask is symmetric (it depends only on item identity).
+  return 0.5 * (forward + fn(item, query, valid.T))
+
+
+def pretrain_objective(out, batch, loss: ml_collections.ConfigDict):
+  """Stage-1 total loss = sum_k w_k * mean over examples where task k has a target.
+
+  Args:
+    out: model outputs (mlm_*, mpm_*, qic_*, qim*, see the model contract).
+    batch: the pair batch; `item_index [B]` marks duplicate items for QIC; optional `valid [B]`.
+    loss: config.loss (weights, qic variant, temperature, scale, margin, symmetric).
+  Returns:
+    (loss scalar, metrics dict of scalars).
+  """
+  rows = batch.get('valid', jnp.ones(batch['item_index'].shape, bool))
+  valid = contrastive.similarity_valid_mask(batch['item_index'])
+  valid = valid & rows[None, :] & rows[:, None] | jnp.eye(valid.shape[0], dtype=bool)
+  qim_rows = rows & (out.get('qim_weights', jnp.ones_like(rows, jnp.float32)) > 0)
+  per_example = {
+      'mlm_query': (token.masked_lm(out['mlm_query_logits'], out['mlm_query_labels'],
+                                    out['mlm_query_weights']),
+                    rows & (out['mlm_query_weights'].sum(-1) > 0)),
+      'mlm_title': (token.masked_lm(out['mlm_title_logits'], out['mlm_title_labels'],
+                                    out['mlm_title_weights']),
+                    rows & (out['mlm_title_weights'].sum(-1) > 0)),
+      'mpm': (token.masked_patch_kl(out['mpm_log_probs'], out['mpm_targets'], out['mpm_weights']),
+              rows & (out['mpm_weights'].sum(-1) > 0)),
+      'qic': (qic_per_example(out['qic_query'], out['qic_item'], valid, loss), rows),
+      # Rows whose batch holds no other item have no hard negative (qim_weights = 0).
+      'qim': (contrastive.qim_bce(out['qim_logits'], out['qim_labels']), qim_rows),
+      'qim2': (contrastive.qim_bce(out['qim2_logits'], out['qim2_labels']), qim_rows),
+  }
+  metrics, total = {}, 0.0
+  for name, (values, mask) in per_example.items():
+    value = _masked_mean(values, mask)
+    metrics[f'loss/{name}'] = value
+    total = total + loss.weights[name] * value
+  metrics['loss/total'] = total
+  sims = out['qic_query'] @ out['qic_item'].T
+  sims = jnp.where(valid, sims, -jnp.inf)
+  metrics['train/qic_accuracy'] = _masked_mean(
+      jnp.argmax(sims, axis=1) == jnp.arange(sims.shape[0]), rows)
+  metrics['train/qim_accuracy'] = _masked_mean(
+      (out['qim_logits'][:, 0] > out['qim_logits'][:, 1]), rows)
+  return total, metrics

@@ -1,0 +1,161 @@
+"""Shared transformer encoder and patch image encoder (tiny shapes)."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmret.encoders import bert_import
+from mmret.encoders.image import ImageConfig, PatchEncoder, normalize_image, patchify
+from mmret.encoders.transformer import EncoderLayer, EncoderStack, Transformer, TransformerConfig
+from mmret.towers import heads
+
+CFG = TransformerConfig(width=32, depth=2, heads=4, mlp_dim=64, dropout=0.0, vocab_size=50,
+                        max_len=16)
+
+
+def _tokens():
+  ids = np.array([[1, 7, 8, 9, 2, 0], [1, 10, 2, 0, 0, 0], [1, 11, 12, 13, 14, 2]], np.int32)
+  return ids, ids > 0
+
+
+def _tower(m, ids, mask):
+  return m(m.embed_tokens(ids), jnp.zeros_like(ids), mask)
+
+
+def test_transformer_shapes_and_padding_invariance():
+  ids, mask = _tokens()
+  model = Transformer(CFG)
+  variables = jax.jit(lambda r: model.init(r, ids, mask, method=_tower))(jax.random.key(0))
+  encode = jax.jit(lambda v, i, m: heads.retrieval_vector(model.apply(v, i, m, method=_tower), m))
+  hidden = jax.jit(lambda v: model.apply(v, ids, mask, method=_tower))(variables)
+  assert hidden.shape == (3, 6, 32) and hidden.dtype == jnp.float32
+  vec = encode(variables, ids, mask)
+  np.testing.assert_allclose(np.linalg.norm(vec, axis=-1), 1.0, atol=1e-5)
+  # Four more [PAD] tokens at the end: identical vectors.
+  ids_long = np.pad(ids, ((0, 0), (0, 4)))
+  np.testing.assert_allclose(encode(variables, ids_long, ids_long > 0), vec, atol=1e-5)
+  # Changing a padding token's id changes nothing either (it is masked as a key and pooled out).
+  ids_junk = ids.copy()
+  ids_junk[1, 4] = 33
+  np.testing.assert_allclose(encode(variables, ids_junk, mask), vec, atol=1e-6)
+  # ... while changing a real token does.
+  ids_real = ids.copy()
+  ids_real[1, 1] = 33
+  assert np.abs(np.asarray(encode(variables, ids_real, mask) - vec))[1].max() > 1e-3
+
+
+def test_tied_decoder_uses_word_embeddings():
+  ids, mask = _tokens()
+  model = Transformer(CFG)
+  variables = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), ids, mask,
+                                                         method=_tower)))
+  variables = jax.tree.map(lambda s: jnp.asarray(np.random.RandomState(0).randn(*s.shape),
+                                                 s.dtype), variables)
+  x = jnp.ones((2, 32))
+  logits = model.apply(variables, x, method=Transformer.attend)
+  np.testing.assert_allclose(logits, x @ variables['params']['word_embeddings'].T, rtol=1e-5)
+  assert logits.shape == (2, 50)
+
+
+def test_remat_and_scan_match_plain_stack():
+  x = jax.random.normal(jax.random.key(1), (2, 5, 32))
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+  plain = EncoderStack(CFG)
+  params = nn.unbox(jax.jit(plain.init)(jax.random.key(0), x, mask))['params']
+  scanned_params = bert_import.stack_layers({'encoder': params})['encoder']
+
+  def loss(p, apply):
+    return jnp.sum(apply({'params': p}, x, mask) ** 2)
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  expected, g_plain = jax.jit(plain.apply)({'params': params}, x, mask), grad(params, plain.apply)
+  for remat, scan in [(True, False), (False, True), (True, True)]:
+    variant = EncoderStack(dataclasses.replace(CFG, remat=remat, scan=scan))
+    vparams = scanned_params if scan else params
+    # The variant's own init has the same tree; scan adds a leading 'layers' logical axis.
+    boxed = jax.eval_shape(variant.init, jax.random.key(0), x, mask)['params']
+    assert jax.tree.structure(nn.unbox(boxed)) == jax.tree.structure(vparams)
+    if scan:
+      assert boxed['layers']['mlp_in']['kernel'].names == ('layers', 'embed', 'mlp')
+    got = jax.jit(variant.apply)({'params': vparams}, x, mask)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    if remat and scan:  # Gradients through remat + scan equal the plain stack's.
+      g_variant = grad(vparams, variant.apply)
+      g_stacked = bert_import.stack_layers({'encoder': g_plain})['encoder']
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g_variant,
+                   g_stacked)
+
+
+def test_first_only_layer_equals_first_row_of_full_layer():
+  x = jax.random.normal(jax.random.key(1), (2, 5, 32))
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+  full = EncoderLayer(CFG)
+  variables = jax.jit(full.init)(jax.random.key(0), x, mask)
+  first = jax.jit(EncoderLayer(CFG, first_only=True).apply)(variables, x, mask)
+  assert first.shape == (2, 1, 32)
+  np.testing.assert_allclose(first[:, 0], jax.jit(full.apply)(variables, x, mask)[:, 0],
+                             atol=1e-5)
+
+
+def test_bfloat16_compute_is_finite_with_float32_params():
+  ids, mask = _tokens()
+  model = Transformer(dataclasses.replace(CFG, dtype='bfloat16'))
+  variables = nn.unbox(jax.jit(lambda r: model.init(r, ids, mask, method=_tower))(
+      jax.random.key(0)))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  hidden = jax.jit(lambda v: model.apply(v, ids, mask, method=_tower))(variables)
+  assert hidden.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(hidden)))
+
+
+def test_patchify_grid_order():
+  # 16x16 image whose 8x8 patches hold the values 0, 1 (top row) and 2, 3 (bottom row).
+  img = np.zeros((1, 16, 16, 3), np.uint8)
+  for k in range(4):
+    r, c = divmod(k, 2)
+    img[0, 8 * r:8 * r + 8, 8 * c:8 * c + 8] = k
+  patches = patchify(img, 8)
+  assert patches.shape == (1, 4, 8, 8, 3)
+  np.testing.assert_array_equal(patches.reshape(1, 4, -1).max(-1)[0], [0, 1, 2, 3])
+  np.testing.assert_array_equal(patches.reshape(1, 4, -1).min(-1)[0], [0, 1, 2, 3])
+  with pytest.raises(ValueError, match='not a multiple of patch_size'):
+    patchify(np.zeros((1, 12, 16, 3)), 8)
+
+
+def test_normalize_image():
+  x = normalize_image(jnp.full((1, 1, 1, 3), 255, jnp.uint8))
+  np.testing.assert_allclose(x[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406]))
+                             / np.array([0.229, 0.224, 0.225]), rtol=1e-6)
+
+
+@pytest.mark.parametrize('mode', ['resnet', 'linear', 'features'])
+def test_patch_encoder_modes(mode):
+  cfg = ImageConfig(mode=mode, patch_size=8, width=32, resnet_channels=8, resnet_blocks=1,
+                    groups=4)
+  rng = np.random.RandomState(0)
+  image = rng.randint(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+  feats = rng.randn(2, 16, 10).astype(np.float32)
+  enc = PatchEncoder(cfg)
+  variables = jax.jit(enc.init)(jax.random.key(0), image, feats)
+  apply = jax.jit(enc.apply)
+  out = apply(variables, image, feats)
+  assert out.shape == (2, 16, 32) and bool(jnp.all(jnp.isfinite(out)))
+  # Each patch token depends only on its own patch: editing patch 5 moves token 5 only.
+  image2, feats2 = image.copy(), feats.copy()
+  image2[0, 8:16, 8:16] = 255 - image2[0, 8:16, 8:16]  # patch (row 1, col 1) = index 5
+  feats2[0, 5] += 1.0
+  delta = np.abs(np.asarray(apply(variables, image2, feats2) - out)).max(-1)
+  assert delta[0, 5] > 1e-4
+  delta[0, 5] = 0
+  np.testing.assert_allclose(delta, 0.0, atol=1e-6)
+
+
+def test_patch_encoder_rejects_missing_input():
+  enc = PatchEncoder(ImageConfig(mode='features', width=8))
+  with pytest.raises(ValueError, match='patch_features'):
+    enc.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.uint8), None)
+  with pytest.raises(ValueError, match='choose from'):
+    ImageConfig(mode='vit')

@@ -1,0 +1,136 @@
+"""BYOD records: the fixture loads with the right values; bad input names file, line, field."""
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from mmret.data import evalset
+from mmret.data import records
+
+FIXTURE = pathlib.Path(__file__).parent / 'fixtures' / 'byod_small'
+
+
+@pytest.fixture(scope='module')
+def dataset():
+  return records.load_dataset(FIXTURE)
+
+
+def test_fixture_values(dataset):
+  assert [it.item_id for it in dataset.items] == ['a1', 'a2', 'a3', 'a4', 'a5', 'a6']
+  a1, a2, a3, a4, a5, a6 = dataset.items
+  assert a1.title == 'Sommerkleid weiß' and a3.title == '白色连衣裙 👗' and a6.title == ''
+  assert a2.description == '' and a3.description == ''  # empty and absent read the same
+  assert a1.image == str((FIXTURE / 'images' / 'a1.png').resolve())
+  assert a4.image is None and a6.image is None
+  assert a2.context == {'price': 19.5, 'rating': None} and a5.context == {}
+  assert a5.category is None and a5.attributes == {}
+  assert a3.title_omits == ('color',)
+  assert dataset.context_names == ('price', 'rating')
+  assert len(dataset.interactions) == 16
+  x = dataset.interactions[3]  # click 1 / purchase 0 read as booleans
+  assert (x.click, x.purchase, x.engaged, x.relevance, x.page_id) == (True, False, None, None,
+                                                                      'p1')
+  assert dataset.queries['白色连衣裙'].attributes == {'category': 'dress', 'color': 'white'}
+
+
+def test_split_rule_and_positives(dataset, tmp_path):
+  assert dataset.splits() == ['train'] * 9 + ['eval'] * 7  # day 2 is the last day
+  assert [x.positive for x in dataset.interactions[:5]] == [True, False, True, True, False]
+  d = records.Dataset(root=tmp_path, items=dataset.items, queries={}, context_names=(),
+                      interactions=[records.Interaction('q', 'a1', split='eval', day=0),
+                                    records.Interaction('q', 'a1', day=1),
+                                    records.Interaction('q', 'a1', day=0),
+                                    records.Interaction('q', 'a1')])
+  assert d.splits() == ['eval', 'eval', 'train', 'train']
+  assert records.Interaction('q', 'a1').positive  # no label at all: a positive pair
+  assert not records.Interaction('q', 'a1', engaged=False).positive
+
+
+def test_eval_set(dataset):
+  es = evalset.build_eval_set(dataset)
+  # sneakers was searched on day 2 but nothing was clicked: no target, not an eval query.
+  assert es.queries == ['white dress', 'striped dress', 'jacket 🧥']
+  assert [t.tolist() for t in es.targets] == [[0, 2], [1], [4]]  # a3 counts via its purchase
+  assert [t.tolist() for t in es.image_only_targets] == [[2], [1], []]
+  assert es.query_counts.tolist() == [2, 1, 1]                   # pages p4, p5 | p6 | p8
+  assert es.query_attributes[2] == {}
+  grades = es.grade(np.array([0, 1, 2]), np.array([[0, 1, 2, 3, 4, 5]] * 3))
+  assert grades.dtype == np.int8
+  np.testing.assert_array_equal(grades, [
+      [2, 1, 2, 0, -1, -1],   # attributes; a5/a6 have none and were never judged
+      [1, 2, 2, 0, -1, -1],
+      [-1, -1, -1, -1, 2, -1]])  # no query attributes: the logged label (day 1) for a5
+
+
+def _write_dataset(root, items=None, interactions=None):
+  root.mkdir(exist_ok=True)
+  items = items or [{'item_id': 'x1', 'title': 'red dress'}]
+  interactions = interactions or [{'query': 'dress', 'item_id': 'x1', 'click': True}]
+  for name, rows in (('items.jsonl', items), ('interactions.jsonl', interactions)):
+    lines = [r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in rows]
+    (root / name).write_text('\n'.join(lines) + '\n', encoding='utf-8')
+  return root
+
+
+def test_minimal_dataset_loads(tmp_path):
+  d = records.load_dataset(_write_dataset(tmp_path / 'd'))
+  assert d.items[0] == records.Item('x1', 'red dress')
+  assert d.context_names == () and d.queries == {}
+
+
+def test_malformed_json_line(tmp_path):
+  root = _write_dataset(tmp_path / 'd', interactions=[
+      {'query': 'dress', 'item_id': 'x1'}, '{"query": "dress", "item_id": "x1"'])
+  with pytest.raises(records.DataError, match=r'interactions\.jsonl:2: malformed JSON') as e:
+    records.load_dataset(root)
+  assert e.value.line == 2
+
+
+def test_missing_required_field(tmp_path):
+  root = _write_dataset(tmp_path / 'd', items=[{'item_id': 'x1', 'title': 'a'},
+                                               {'item_id': 'x2', 'description': 'no title'}])
+  with pytest.raises(records.DataError,
+                     match=r"items\.jsonl:2: field 'title': missing required field"):
+    records.load_dataset(root)
+
+
+def test_unknown_item_in_interaction(tmp_path):
+  root = _write_dataset(tmp_path / 'd', interactions=[{'query': 'q', 'item_id': 'x1'},
+                                                      {'query': 'q', 'item_id': 'nope'}])
+  with pytest.raises(records.DataError,
+                     match=r"interactions\.jsonl:2: field 'item_id': unknown item_id 'nope'"):
+    records.load_dataset(root)
+
+
+def test_unreadable_image(tmp_path):
+  root = _write_dataset(tmp_path / 'd', items=[
+      {'item_id': 'x1', 'title': 'ok', 'image': 'a1.png'},
+      {'item_id': 'x2', 'title': 'broken', 'image': 'bad.png'}])
+  shutil.copy(FIXTURE / 'images' / 'a1.png', root / 'a1.png')
+  (root / 'bad.png').write_bytes(b'\x89PNG\r\n\x1a\n this is not a png')
+  with pytest.raises(records.DataError,
+                     match=r"items\.jsonl:2: field 'image': unreadable image .*bad\.png"):
+    records.load_dataset(root)
+  assert records.load_dataset(root, check_images=False).items[1].image.endswith('bad.png')
+
+
+def test_wrong_typed_context_value(tmp_path):
+  root = _write_dataset(tmp_path / 'd', items=[
+      {'item_id': 'x1', 'title': 'a', 'context': {'price': 3}},
+      {'item_id': 'x2', 'title': 'b', 'context': {'price': '12.99'}}])
+  with pytest.raises(records.DataError,
+                     match=r"items\.jsonl:2: field 'context\.price': expected a finite number"):
+    records.load_dataset(root)
+
+
+def test_unknown_field_and_bad_flag(tmp_path):
+  root = _write_dataset(tmp_path / 'd', items=[{'item_id': 'x1', 'title': 'a', 'titel': 'b'}])
+  with pytest.raises(records.DataError, match=r"items\.jsonl:1: field 'titel': unknown field"):
+    records.load_dataset(root)
+  root = _write_dataset(tmp_path / 'e', interactions=[{'query': 'q', 'item_id': 'x1',
+                                                       'click': 'yes'}])
+  with pytest.raises(records.DataError, match=r"interactions\.jsonl:1: field 'click'"):
+    records.load_dataset(root)

@@ -1,0 +1,126 @@
+"""Tests of mmret.data.relevance: hand-written grades, the vectorised forms and the eval set."""
+
+import types
+
+import numpy as np
+import pytest
+
+from mmret.data import relevance
+
+WHITE_DRESS = {'category': 'dress', 'color': 'white', 'pattern': 'plain', 'brand': 'aur'}
+RED_DRESS = {'category': 'dress', 'color': 'red', 'pattern': 'floral', 'brand': 'bel'}
+WHITE_BAG = {'category': 'bag', 'color': 'white', 'pattern': 'plain'}
+
+
+@pytest.mark.parametrize('query, item, expected', [
+    ({'category': 'dress'}, WHITE_DRESS, 2),
+    ({'category': 'dress', 'color': 'white'}, WHITE_DRESS, 2),
+    ({'category': 'dress', 'color': 'white'}, RED_DRESS, 1),          # same category only
+    ({'category': 'dress', 'color': 'white', 'pattern': 'floral'}, WHITE_DRESS, 1),
+    ({'category': 'dress', 'color': 'white'}, WHITE_BAG, 0),          # color alone is not enough
+    ({'category': 'dress', 'material': 'silk'}, WHITE_DRESS, 1),      # item lacks the attribute
+    ({'color': 'white'}, WHITE_BAG, 2),                               # no category named
+    ({'color': 'red'}, WHITE_BAG, 0),
+    ({'category': 'sofa'}, {}, 0),
+])
+def test_grade_hand_cases(query, item, expected):
+  assert relevance.grade(query, item) == expected
+
+
+def test_category_relevant():
+  assert relevance.category_relevant({'category': 'dress', 'color': 'red'}, WHITE_DRESS)
+  assert not relevance.category_relevant({'category': 'bag'}, WHITE_DRESS)
+  assert not relevance.category_relevant({'color': 'white'}, WHITE_DRESS)
+
+
+def test_bad_input_names_the_problem():
+  with pytest.raises(ValueError, match='empty'):
+    relevance.grade({}, WHITE_DRESS)
+  with pytest.raises(TypeError, match="query attribute 'color'"):
+    relevance.grade({'category': 'dress', 'color': 3}, WHITE_DRESS)
+  with pytest.raises(TypeError, match="item attribute 'price'"):
+    relevance.grade({'category': 'dress'}, {'category': 'dress', 'price': 9.5})
+  with pytest.raises(TypeError, match='mapping'):
+    relevance.category_relevant(['dress'], WHITE_DRESS)
+
+
+def test_grade_codes_hand_values():
+  # Columns: category, color. Query -1 = not named; item -2 = missing.
+  queries = np.array([[0, 1], [0, -1], [-1, 1], [-1, -1]])
+  items = np.array([[0, 1], [0, 2], [1, 1], [0, -2]])
+  got = relevance.grade_codes(queries[:, None, :], items[None, :, :])
+  expected = np.array([[2, 1, 0, 1],
+                       [2, 2, 0, 2],
+                       [2, 0, 2, 0],
+                       [-1, -1, -1, -1]], np.int8)
+  np.testing.assert_array_equal(got, expected)
+  assert got.dtype == np.int8
+
+
+def test_attribute_grader_matches_scalar_grade():
+  rng = np.random.default_rng(0)
+  values = {'category': ['dress', 'bag', 'mug'], 'color': ['white', 'red'],
+            'pattern': ['plain', 'dots'], 'material': ['silk', 'leather']}
+  def random_attrs(p_keep):
+    return {k: v[rng.integers(len(v))] for k, v in values.items()
+            if k == 'category' or rng.random() < p_keep}
+  queries = [random_attrs(0.4) for _ in range(30)]
+  items = [random_attrs(0.9) for _ in range(50)]
+  grader = relevance.AttributeGrader(queries, items)
+  q_idx = rng.integers(0, 30, 400)
+  i_idx = rng.integers(0, 50, 400)
+  got = grader.grade(q_idx, i_idx)
+  expected = [relevance.grade(queries[q], items[i]) for q, i in zip(q_idx, i_idx)]
+  np.testing.assert_array_equal(got, expected)
+  cat = grader.category_relevant(q_idx, i_idx)
+  np.testing.assert_array_equal(
+      cat, [relevance.category_relevant(queries[q], items[i]) for q, i in zip(q_idx, i_idx)])
+  # The three grades all occur, so the comparison above is not vacuous.
+  assert set(got.tolist()) == {0, 1, 2}
+
+
+def test_image_only_match():
+  assert relevance.image_only_match({'category': 'dress', 'color': 'white'}, WHITE_DRESS,
+                                    ('color',))
+  assert not relevance.image_only_match({'category': 'dress', 'color': 'white'}, WHITE_DRESS,
+                                        ('pattern',))
+  assert not relevance.image_only_match({'category': 'dress', 'color': 'red'}, WHITE_DRESS,
+                                        ('color',))
+
+
+def _item(item_id, attrs, omits=()):
+  return types.SimpleNamespace(item_id=item_id, attributes=attrs, title_omits=tuple(omits))
+
+
+def _hit(query, item_id, day, click=False, purchase=False, split=None):
+  return types.SimpleNamespace(query=query, item_id=item_id, day=day, click=click,
+                               purchase=purchase, engaged=click or purchase, split=split)
+
+
+def test_build_eval_set():
+  items = [_item('a', WHITE_DRESS, ('color',)), _item('b', RED_DRESS),
+           _item('c', WHITE_BAG), _item('d', WHITE_DRESS)]
+  queries = {'white dress': types.SimpleNamespace(attributes={'category': 'dress',
+                                                              'color': 'white'}),
+             'bag': types.SimpleNamespace(attributes={'category': 'bag'})}
+  interactions = [
+      _hit('white dress', 'a', 0, click=True),        # train day: not a target
+      _hit('white dress', 'a', 1, click=True),
+      _hit('white dress', 'd', 1, purchase=True),
+      _hit('white dress', 'b', 1),                    # shown, not engaged
+      _hit('bag', 'b', 1),
+      _hit('no attrs', 'c', 1, click=True),
+      _hit('white dress', 'c', 0, click=True, split='eval'),  # explicit split wins over day
+  ]
+  ev = relevance.build_eval_set(items, interactions, queries)
+  assert ev.queries == ['white dress', 'no attrs']    # 'bag' has no target
+  np.testing.assert_array_equal(ev.targets[0], [0, 2, 3])
+  np.testing.assert_array_equal(ev.targets[1], [2])
+  np.testing.assert_array_equal(ev.image_only_targets[0], [0])  # 'a' omits its white color
+  assert ev.image_only_targets[1].size == 0
+  grades = ev.grade(np.array([0, 1]), np.array([[0, 1, 2], [0, 1, 2]]))
+  np.testing.assert_array_equal(grades, [[2, 1, 0], [-1, -1, -1]])
+  np.testing.assert_array_equal(ev.category_relevant(np.array([0]), np.array([[1, 2]])),
+                                [[True, False]])
+  with pytest.raises(KeyError, match="'zz'"):
+    relevance.build_eval_set(items, [_hit('bag', 'zz', 1, click=True)], queries)
