@@ -7,10 +7,12 @@ the same with `run(load_config('configs/pretrain.py:tiny'), '/tmp/w')`.
 """
 
 import os
+import re
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from mmret.config import DEFAULT_CONFIG
@@ -21,21 +23,55 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory for checkpoints, logs and results.json '
                                '(default: ./workdir/<job>_<variant>).')
+# Multi-process runs (docs/LAUNCH.md). Without these flags, SLURM / Open MPI / TPU pod
+# environments are detected; a single process needs nothing.
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0, for jax.distributed.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from mmret import jobs  # pylint: disable=g-import-not-at-top  (keeps --help fast)
+  if not flags.FLAGS['verbosity'].present:
+    # The libraries underneath (Orbax, TFDS) log every file at INFO; `--verbosity=0` shows them.
+    logging.set_verbosity(logging.WARNING)
+  # pylint: disable=g-import-not-at-top  (imported here to keep --help fast)
+  from mmret import jobs
+  from mmret.train import distributed
+  from mmret.config import ConfigError
+  from mmret.data.records import DataError
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('workdir', f'{config.job}_{config.get("variant", "x")}')
-  results = jobs.run(config, workdir)
+  try:
+    results = jobs.run(config, workdir)
+  except (ConfigError, DataError) as e:
+    # The user's config or data is wrong: say which key / record, without a traceback.
+    print(f'mmret: error: {e}', file=sys.stderr)
+    sys.exit(2)
   print(jobs.format_results(results, title=f'{config.job} results ({workdir}/results.json)'))
+
+
+def _parse_flags(argv):
+  """absl's parser, with an unknown `--config.KEY` reported by name instead of a traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    text = str(e)
+    given = [a.split('=')[0] for a in argv[1:]
+             if a.startswith('--config.') and a.split('=')[0].rsplit('.', 1)[-1] in text]
+    key = given[0][len('--'):] if given else text
+    hint = re.search(r'Did you mean "[^"]+"', text)
+    print(f'mmret: error: unknown config key {key}.' + (f' {hint.group(0)}?' if hint else ''),
+          file=sys.stderr)
+    sys.exit(2)
 
 
 def run_cli():
   try:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
   except KeyboardInterrupt:
     sys.exit(130)
 

@@ -125,12 +125,12 @@ def test_relevance_at_k_hand_cases():
   grades = np.array([[2, 1, 0, -1], [-1, -1, 2, 2], [0, 0, 0, 0], [-1, -1, -1, -1]])
   at2 = metrics.relevance_at_k(grades, 2)
   # Query 1's top 2 and query 3 are all unknown: they leave the mean.
-  assert at2 == pytest.approx({'relevance@2': (1 + 0) / 2, 'exact_relevance@2': (0.5 + 0) / 2})
+  assert at2 == pytest.approx({'relevance@2': (1 + 0) / 2, 'exact_match@2': (0.5 + 0) / 2})
   at4 = metrics.relevance_at_k(grades, 4)
   assert at4['relevance@4'] == pytest.approx((2 / 3 + 1 + 0) / 3)
-  assert at4['exact_relevance@4'] == pytest.approx((1 / 3 + 1 + 0) / 3)
+  assert at4['exact_match@4'] == pytest.approx((1 / 3 + 1 + 0) / 3)
   assert metrics.relevance_at_k(grades, 1000) == pytest.approx(
-      {'relevance@1000': at4['relevance@4'], 'exact_relevance@1000': at4['exact_relevance@4']})
+      {'relevance@1000': at4['relevance@4'], 'exact_match@1000': at4['exact_match@4']})
 
 
 def _pairwise_auc(scores, labels, weights):
@@ -225,18 +225,18 @@ def test_evaluator_end_to_end_on_planted_vectors():
       extra_target_sets={'cold': cold})
   out = evaluator.run(1.0)
   expected_keys = {f'{m}@{k}{s}' for k in (1, 1000) for m, s in [
-      ('recall', ''), ('recall', '/exact'), ('relevance', ''), ('exact_relevance', ''),
+      ('recall', ''), ('recall', '/exact'), ('relevance', ''), ('exact_match', ''),
       ('recall', '/image_only'), ('recall', '/cold'), ('scann_neighbour_recall', '')]}
   assert set(out) == expected_keys
   assert out['recall@1'] == out['recall@1/exact'] == pytest.approx(0.75)
   assert out['recall@1/image_only'] == pytest.approx(0.75)
   assert out['recall@1/cold'] == 1.0
-  assert out['relevance@1'] == out['exact_relevance@1'] == 1.0
+  assert out['relevance@1'] == out['exact_match@1'] == 1.0
   assert out['scann_neighbour_recall@1'] == out['scann_neighbour_recall@1000'] == 1.0
   # K = 1000 is computed at N = 40: every target is found, every grade seen.
   assert out['recall@1000'] == out['recall@1000/exact'] == out['recall@1000/image_only'] == 1.0
   assert out['relevance@1000'] == pytest.approx(2 / 39)
-  assert out['exact_relevance@1000'] == pytest.approx(1 / 39)
+  assert out['exact_match@1000'] == pytest.approx(1 / 39)
   assert set(evaluator.timings) == {'vectors', 'exact', 'scann_build', 'scann_search',
                                     'metrics'}
 

@@ -214,6 +214,9 @@ def test_similarity_valid_mask():
   np.testing.assert_array_equal(got, VALID)
   np.testing.assert_array_equal(contrastive.similarity_valid_mask(jnp.array([1, 1, 1])),
                                 np.eye(3, dtype=bool))
+  # Rows 0 and 2 share a query: each other's items are no negatives; -1 (unknown) never matches.
+  got = contrastive.similarity_valid_mask(jnp.array([1, 2, 3, 4]), jnp.array([7, 8, 7, -1]))
+  np.testing.assert_array_equal(got, [[1, 1, 0, 1], [1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]])
 
 
 @JIT
@@ -430,3 +433,46 @@ def test_gradients_qim():
   _grad_check(lambda z: contrastive.qim_bce(z, labels), rng.normal(size=(3, 2)))
   _grad_check(lambda z: contrastive.qim_bce(z, labels, np.array([[1, 0.5], [0, 1], [1, 1]])),
               rng.normal(size=(3, 2)))
+
+
+# -- logQ correction ------------------------------------------------------------------------------
+
+LOG_Q = np.log(np.array([0.5, 0.1, 0.3, 0.1], np.float32))
+
+
+@SYM
+def test_qic_softmax_logq_matches_reference(symmetric):
+  got = contrastive.qic_softmax(Q, DV, VALID, temperature=0.3, symmetric=symmetric,
+                                log_q=LOG_Q)
+  logits = np.array([[float(Q[i] @ DV[j]) / 0.3 - LOG_Q[j] for j in range(B)]
+                     for i in range(B)])
+  np.testing.assert_allclose(got, _softmax_rows_ref(logits, VALID, symmetric),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_qic_am_softmax_logq_matches_reference():
+  got = contrastive.qic_am_softmax(Q, DV, VALID, scale=10.0, margin=0.3, log_q=LOG_Q)
+  logits = np.zeros((B, B))
+  for i in range(B):
+    for j in range(B):
+      cos = float(Q[i] @ DV[j]) / (np.linalg.norm(Q[i]) * np.linalg.norm(DV[j]))
+      logits[i, j] = 10.0 * (cos - (0.3 if i == j else 0.0)) - LOG_Q[j]
+  np.testing.assert_allclose(got, _softmax_rows_ref(logits, VALID), rtol=1e-5, atol=1e-6)
+
+
+def test_qic_logq_uniform_is_no_correction_and_popular_negatives_weigh_less():
+  uniform = np.full(B, np.log(1 / B), np.float32)
+  for fn in (functools.partial(contrastive.qic_softmax, temperature=0.3),
+             functools.partial(contrastive.qic_am_softmax, scale=10.0, margin=0.3)):
+    np.testing.assert_allclose(fn(Q, DV, VALID, log_q=uniform), fn(Q, DV, VALID), rtol=1e-6)
+  # A popular (high-q) negative contributes less: row 1's loss falls as item 0 gets popular.
+  low = contrastive.qic_softmax(Q, DV, VALID, temperature=0.3, log_q=np.log([.1, .3, .3, .3]))
+  high = contrastive.qic_softmax(Q, DV, VALID, temperature=0.3, log_q=np.log([.7, .1, .1, .1]))
+  assert high[1] < low[1]
+
+
+def test_qic_logq_gradient_matches_finite_differences():
+  log_q = np.asarray(LOG_Q, np.float64)
+  _grad_check(lambda q, d: contrastive.qic_am_softmax(q, d, VALID, scale=10.0, margin=0.3,
+                                                     symmetric=True, log_q=log_q), Q, DV)
+  _grad_check(lambda q, d: contrastive.qic_sigmoid(q, d, VALID, scale=2.0, log_q=log_q), Q, DV)

@@ -1,10 +1,12 @@
 """Tests of mmret.data.relevance: hand-written grades, the vectorised forms and the eval set."""
 
-import types
+import pathlib
 
 import numpy as np
 import pytest
 
+from mmret.data import evalset
+from mmret.data import records
 from mmret.data import relevance
 
 WHITE_DRESS = {'category': 'dress', 'color': 'white', 'pattern': 'plain', 'brand': 'aur'}
@@ -89,20 +91,20 @@ def test_image_only_match():
 
 
 def _item(item_id, attrs, omits=()):
-  return types.SimpleNamespace(item_id=item_id, attributes=attrs, title_omits=tuple(omits))
+  return records.Item(item_id=item_id, title=item_id, attributes=attrs, title_omits=tuple(omits))
 
 
 def _hit(query, item_id, day, click=False, purchase=False, split=None):
-  return types.SimpleNamespace(query=query, item_id=item_id, day=day, click=click,
-                               purchase=purchase, engaged=click or purchase, split=split)
+  return records.Interaction(query=query, item_id=item_id, day=day, click=click,
+                             purchase=purchase, split=split)
 
 
 def test_build_eval_set():
   items = [_item('a', WHITE_DRESS, ('color',)), _item('b', RED_DRESS),
            _item('c', WHITE_BAG), _item('d', WHITE_DRESS)]
-  queries = {'white dress': types.SimpleNamespace(attributes={'category': 'dress',
+  queries = {'white dress': records.QueryInfo('white dress', {'category': 'dress',
                                                               'color': 'white'}),
-             'bag': types.SimpleNamespace(attributes={'category': 'bag'})}
+             'bag': records.QueryInfo('bag', {'category': 'bag'})}
   interactions = [
       _hit('white dress', 'a', 0, click=True),        # train day: not a target
       _hit('white dress', 'a', 1, click=True),
@@ -112,15 +114,19 @@ def test_build_eval_set():
       _hit('no attrs', 'c', 1, click=True),
       _hit('white dress', 'c', 0, click=True, split='eval'),  # explicit split wins over day
   ]
-  ev = relevance.build_eval_set(items, interactions, queries)
+  dataset = records.Dataset(root=pathlib.Path('.'), items=items, interactions=interactions,
+                            queries=queries, context_names=())
+  ev = evalset.build_eval_set(dataset)
   assert ev.queries == ['white dress', 'no attrs']    # 'bag' has no target
   np.testing.assert_array_equal(ev.targets[0], [0, 2, 3])
   np.testing.assert_array_equal(ev.targets[1], [2])
   np.testing.assert_array_equal(ev.image_only_targets[0], [0])  # 'a' omits its white color
   assert ev.image_only_targets[1].size == 0
+  # Ground truth over the whole catalog: 'a' and 'd' match exactly, only 'a' hides the color.
+  np.testing.assert_array_equal(ev.image_only_relevant[0], [0])
+  assert ev.image_only_relevant[1].size == 0
+  np.testing.assert_array_equal(ev.query_counts, [2, 1])  # (query, day) pages: days 0 and 1
   grades = ev.grade(np.array([0, 1]), np.array([[0, 1, 2], [0, 1, 2]]))
   np.testing.assert_array_equal(grades, [[2, 1, 0], [-1, -1, -1]])
   np.testing.assert_array_equal(ev.category_relevant(np.array([0]), np.array([[1, 2]])),
                                 [[True, False]])
-  with pytest.raises(KeyError, match="'zz'"):
-    relevance.build_eval_set(items, [_hit('bag', 'zz', 1, click=True)], queries)

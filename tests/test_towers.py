@@ -141,6 +141,9 @@ def test_hardest_negative_hand_made():
   pos = negatives.positive_mask(jnp.array([5, 5, 6, 7]))
   np.testing.assert_array_equal(pos[0], [True, True, False, False])
   np.testing.assert_array_equal(negatives.hardest_negative(sim, pos), [2, 3, 0, 2])
+  # Rows 2 and 3 share a query: neither may pick the other's item; row 2 falls back to row 0.
+  by_query = negatives.positive_mask(jnp.array([5, 5, 6, 7]), jnp.array([0, 1, 2, 2]))
+  np.testing.assert_array_equal(negatives.hardest_negative(sim, by_query), [2, 3, 0, 1])
   all_same = negatives.positive_mask(jnp.array([1, 1]))
   np.testing.assert_array_equal(negatives.has_negative(all_same), [False, False])
   grad = jax.grad(lambda s: negatives.hardest_negative(s, pos).astype(jnp.float32).sum())(sim)

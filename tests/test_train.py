@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 from mmret.config import load_config
 from mmret.towers import masking
 from mmret.towers.pretrain import PretrainModel
+from mmret.towers.pretrain import set_codebook
 from mmret.train import checkpoint as checkpoint_lib
 from mmret.train import metrics_log
 from mmret.train import optimizer as optimizer_lib
@@ -59,11 +60,12 @@ def build(config, mesh, batch):
 
   def init_variables(rng):
     variables = model.init({'params': rng, 'dropout': rng, 'masking': rng}, batch, train=False)
-    return masking.set_codebook(variables, codebook)
+    return set_codebook(variables, codebook)
 
-  state, shardings = state_lib.create_sharded_state(init_variables, tx, jax.random.PRNGKey(0),
-                                                    mesh, rules)
-  step = pretrain.make_train_step(model, tx, config.loss, mesh, shardings)
+  state, shardings = state_lib.create_sharded_state(
+      init_variables, tx, jax.random.key(0), mesh, rules,
+      state_lib.step_key_data(1, config.train.rng_impl))
+  step = pretrain.make_train_step(model, tx, config.loss, mesh, shardings, config.train.rng_impl)
   return state, shardings, step, rules, init_variables
 
 

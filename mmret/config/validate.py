@@ -96,3 +96,13 @@ def _check_mesh(config, num_devices):
   if config.train.batch_size % data_size:
     raise ConfigError(f'config key train.batch_size={config.train.batch_size} is not divisible '
                       f'by the data-parallel size {data_size} (mesh.shape={tuple(shape)}).')
+  axes = tuple(config.mesh.axes)
+  if 'model' in axes and 'model' in config:
+    resolved = [num_devices // fixed if s == -1 else s for s in shape]
+    model_size = resolved[axes.index('model')]
+    # Dimensions the default axis rules shard over the `model` axis must split evenly.
+    for key in ('heads', 'width', 'mlp_dim', 'vocab_pad_multiple'):
+      value = config.model.get(key)
+      if isinstance(value, int) and value % model_size:
+        raise ConfigError(f'config key model.{key}={value} is not divisible by the size '
+                          f'{model_size} of the model mesh axis (mesh.shape={tuple(shape)}).')

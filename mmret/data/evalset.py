@@ -29,6 +29,9 @@ class EvalSet:
   targets: per query, sorted int64 item indices clicked or bought on the eval day.
   image_only_targets: per query, the targets matching a query attribute that the item's title
     omits (records.Item.title_omits), i.e. visible only in the image.
+  image_only_relevant: per query, every catalog item that matches the query exactly (grade 2)
+    through an attribute its title omits: the ground-truth set a text-only retriever can only
+    find by chance (empty for queries without such attributes).
   grader: attribute grades (relevance.AttributeGrader) over (queries, catalog items).
   item_has_attributes: bool [N], the item carries any attribute.
   label_keys / label_values: int64 [P] sorted (query * N + item) keys and int8 [P] grades of
@@ -39,6 +42,7 @@ class EvalSet:
   query_counts: np.ndarray
   targets: list[np.ndarray]
   image_only_targets: list[np.ndarray]
+  image_only_relevant: list[np.ndarray]
   grader: relevance.AttributeGrader
   item_has_attributes: np.ndarray
   label_keys: np.ndarray
@@ -90,6 +94,21 @@ def _judged_labels(dataset: records.Dataset, query_pos: dict[str, int]
   return keys, values
 
 
+def _image_only_relevant(dataset: records.Dataset, query_attrs: list[dict[str, str]],
+                         grader: relevance.AttributeGrader) -> list[np.ndarray]:
+  items = dataset.items
+  all_items = np.arange(len(items))
+  out = []
+  for q, attrs in enumerate(query_attrs):
+    if not any(k != 'category' for k in attrs):
+      out.append(np.zeros(0, np.int64))
+      continue
+    exact = np.flatnonzero(grader.grade(np.array([q]), all_items) == 2)  # vectorised pre-filter
+    out.append(np.array([i for i in exact.tolist() if relevance.image_only_match(
+        attrs, items[i].attributes, items[i].title_omits)], np.int64))
+  return out
+
+
 def build_eval_set(dataset: records.Dataset) -> EvalSet:
   """Collects the eval-day targets per query (all users' clicks and purchases, DESIGN.md §5).
 
@@ -117,13 +136,15 @@ def build_eval_set(dataset: records.Dataset) -> EvalSet:
         [i for i in t.tolist() if relevance.image_only_match(
             attrs, dataset.items[i].attributes, dataset.items[i].title_omits)], np.int64))
   label_keys, label_values = _judged_labels(dataset, {q: k for k, q in enumerate(names)})
+  grader = relevance.AttributeGrader(query_attrs, [it.attributes for it in dataset.items])
   return EvalSet(
       queries=names,
       query_attributes=query_attrs,
       query_counts=np.array([len(pages[q]) for q in names], np.int64),
       targets=targets,
       image_only_targets=image_only,
-      grader=relevance.AttributeGrader(query_attrs, [it.attributes for it in dataset.items]),
+      image_only_relevant=_image_only_relevant(dataset, query_attrs, grader),
+      grader=grader,
       item_has_attributes=np.array([bool(it.attributes) for it in dataset.items], bool),
       label_keys=label_keys,
       label_values=label_values)

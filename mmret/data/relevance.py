@@ -1,4 +1,4 @@
-"""Graded (query, item) relevance from attributes, and the evaluation target sets.
+"""Graded (query, item) relevance from attributes: exact / partial / irrelevant, vectorised.
 
 Ground truth for any dataset whose queries and items carry attributes (SynthShop writes them; a
 bring-your-own dataset may): a query's attributes, e.g. {'category': 'dress', 'color': 'white'},
@@ -13,9 +13,7 @@ category in column 0; a query's -1 means "not named" (ignored) and an item's -2 
 (never equal to a named value).
 """
 
-import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -113,71 +111,3 @@ def image_only_match(query_attrs: Mapping[str, str], item_attrs: Mapping[str, st
   omitted = set(title_omits)
   return any(k != 'category' and k in omitted and item_attrs.get(k) == v
              for k, v in query_attrs.items())
-
-
-@dataclasses.dataclass
-class EvalSet:
-  """Per eval-day query, the items clicked or bought (targets), and the grader over the catalog.
-
-  queries: [Q] distinct eval-day queries with >= 1 target.
-  targets: per query, int64 item indices clicked or bought on the eval day (sorted).
-  image_only_targets: per query, the targets whose matched query attribute is only in the image.
-  grader: AttributeGrader over (queries, catalog items).
-  """
-  queries: list[str]
-  targets: list[np.ndarray]
-  image_only_targets: list[np.ndarray]
-  grader: AttributeGrader
-
-  def grade(self, query_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
-    """query_idx int [Q], item_idx int [Q, K] -> int8 [Q, K]: 2 / 1 / 0 (-1: query ungraded)."""
-    return self.grader.grade(np.asarray(query_idx)[:, None], item_idx)
-
-  def category_relevant(self, query_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
-    """query_idx int [Q], item_idx int [Q, K] -> bool [Q, K]."""
-    return self.grader.category_relevant(np.asarray(query_idx)[:, None], item_idx)
-
-
-def _is_eval(interaction: Any, max_day: int | None) -> bool:
-  """The split rule of ARCHITECTURE.md: `split` if given, else the last day is eval."""
-  if getattr(interaction, 'split', None) is not None:
-    return interaction.split == 'eval'
-  day = getattr(interaction, 'day', None)
-  return day is not None and max_day is not None and day == max_day
-
-
-def build_eval_set(items: Sequence[Any], interactions: Iterable[Any],
-                   queries: Mapping[str, Any]) -> EvalSet:
-  """Collects eval-day targets per query (all users' clicks and purchases, DESIGN.md §5).
-
-  Args:
-    items: catalog records with item_id, attributes, title_omits (records.Item).
-    interactions: records with query, item_id, click, purchase, engaged, day, split.
-    queries: query string -> record with attributes (records.QueryInfo); may be empty.
-  Returns:
-    EvalSet over the queries with at least one target, in order of first appearance.
-  """
-  interactions = list(interactions)
-  days = [x.day for x in interactions if getattr(x, 'day', None) is not None]
-  max_day = max(days) if days else None
-  index = {item.item_id: i for i, item in enumerate(items)}
-  found: dict[str, set[int]] = {}
-  for x in interactions:
-    if not _is_eval(x, max_day):
-      continue
-    if not (x.engaged or x.click or x.purchase):
-      continue
-    if x.item_id not in index:
-      raise KeyError(f'interaction item_id {x.item_id!r} is not in the catalog.')
-    found.setdefault(x.query, set()).add(index[x.item_id])
-  names = list(found)
-  query_attrs = [dict(queries[q].attributes) if q in queries else {} for q in names]
-  targets, image_only = [], []
-  for q, attrs in zip(names, query_attrs):
-    t = np.array(sorted(found[q]), np.int64)
-    targets.append(t)
-    image_only.append(np.array(
-        [i for i in t if image_only_match(attrs, items[i].attributes, items[i].title_omits)],
-        np.int64))
-  grader = AttributeGrader(query_attrs, [item.attributes for item in items])
-  return EvalSet(queries=names, targets=targets, image_only_targets=image_only, grader=grader)

@@ -100,6 +100,10 @@ def _assign(target: Any, source: Any, where: str) -> Any:
       raise ValueError(f'pretrained text encoder does not fit at {where or "<root>"}: model has '
                        f'{sorted(target.keys())}, checkpoint has {got}.')
     return {k: _assign(target[k], source[k], f'{where}/{k}') for k in target.keys()}
+  if (where.endswith('word_embeddings') and target.shape[1:] == source.shape[1:]
+      and target.shape[0] > source.shape[0]):
+    # The model pads its vocabulary to a shardable size: the extra rows keep their init.
+    source = np.concatenate([np.asarray(source), np.asarray(target)[source.shape[0]:]])
   if tuple(target.shape) != tuple(source.shape):
     raise ValueError(f'pretrained text encoder shape mismatch at {where}: model '
                      f'{tuple(target.shape)} vs checkpoint {tuple(source.shape)}; set the model '

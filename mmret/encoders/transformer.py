@@ -78,9 +78,12 @@ class MultiHeadAttention(nn.Module):
     cfg = self.cfg
     head_dim = cfg.width // cfg.heads
 
+    # nn.Einsum, not nn.DenseGeneral: DenseGeneral initialises a flat kernel and reshapes it,
+    # which breaks its logical-axis constraint whenever a mesh is active (flax re-runs the init
+    # abstractly in `apply` to check shapes).
     def proj(name, inputs):
-      return nn.DenseGeneral(
-          (cfg.heads, head_dim), dtype=cfg.compute_dtype, name=name,
+      return nn.Einsum(
+          (cfg.width, cfg.heads, head_dim), 'bld,dhk->blhk', dtype=cfg.compute_dtype, name=name,
           kernel_init=logical(_INIT, ('embed', 'heads', 'kv')),
           bias_init=logical(nn.initializers.zeros, ('heads', 'kv')))(inputs)
 
@@ -94,8 +97,8 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1)
     weights = nn.Dropout(cfg.dropout)(weights, deterministic=self.deterministic)
     ctx = jnp.einsum('bhqs,bshk->bqhk', weights.astype(cfg.compute_dtype), v)
-    return nn.DenseGeneral(
-        cfg.width, axis=(-2, -1), dtype=cfg.compute_dtype, name='out',
+    return nn.Einsum(
+        (cfg.heads, head_dim, cfg.width), 'bqhk,hkd->bqd', dtype=cfg.compute_dtype, name='out',
         kernel_init=logical(_INIT, ('heads', 'kv', 'embed')),
         bias_init=logical(nn.initializers.zeros, ('embed',)))(ctx)
 

@@ -62,14 +62,14 @@ def relevance_at_k(grades: np.ndarray, k: int) -> dict[str, float]:
 
   Returns:
     {'relevance@k': mean over queries of the share of known-grade top-k items with grade >= 1,
-     'exact_relevance@k': the same share with grade 2}. Unknown grades leave the denominator;
+     'exact_match@k': the same share with grade 2}. Unknown grades leave the denominator;
     queries with no known grade in their top-k leave the mean (NaN if none is left).
   """
   grades = np.asarray(grades)[:, :k]
   known = (grades >= 0).sum(axis=1)
   graded = known > 0
   out = {}
-  for name, threshold in (('relevance', 1), ('exact_relevance', 2)):
+  for name, threshold in (('relevance', 1), ('exact_match', 2)):
     if graded.any():
       share = (grades >= threshold).sum(axis=1)[graded] / known[graded]
       out[f'{name}@{k}'] = float(np.mean(share))

@@ -14,8 +14,10 @@ catalog of 300 items reports recall@1000 as its recall@300 and keys stay stable 
   recall@K                   ScaNN top-K vs the target sets (queries with >= 1 target)
   recall@K/exact             the same with exact search
   relevance@K                share of ScaNN top-K items graded >= 1 (exact or same category)
-  exact_relevance@K          share graded 2 (exact match); unknown grades are left out
+  exact_match@K          share graded 2 (exact match); unknown grades are left out
   recall@K/image_only        ScaNN recall on image-only targets (queries with >= 1 of them)
+  recall@K/image_only_relevant  ScaNN recall of the catalog's exact matches through an attribute
+                             only the image shows (eval_set.image_only_relevant, if present)
   recall@K/<name>            ScaNN recall on each extra target set (e.g. cold items)
   scann_neighbour_recall@K   |ScaNN top-K ∩ exact top-K| / K
 With scann=False the unsuffixed metrics come from exact search and the ScaNN-only key is absent.
@@ -64,7 +66,7 @@ def evaluate_ranking(ids: np.ndarray, eval_set: Any, ks: Sequence[int],
     prefix: prepended to every key, e.g. 'bm25/' -> 'bm25/recall@10'.
 
   Returns:
-    {prefix + 'recall@K', 'relevance@K', 'exact_relevance@K', 'recall@K/image_only'} for K in ks.
+    {prefix + 'recall@K', 'relevance@K', 'exact_match@K', 'recall@K/image_only'} for K in ks.
   """
   ids = np.asarray(ids)
   if ids.shape[0] != len(eval_set.queries):
@@ -77,6 +79,9 @@ def evaluate_ranking(ids: np.ndarray, eval_set: Any, ks: Sequence[int],
       out[prefix + name] = value
     out[f'{prefix}recall@{k}/image_only'] = metrics.recall_at_k(
         ids, eval_set.image_only_targets, k)
+    if getattr(eval_set, 'image_only_relevant', None) is not None:
+      out[f'{prefix}recall@{k}/image_only_relevant'] = metrics.recall_at_k(
+          ids, eval_set.image_only_relevant, k)
   return out
 
 

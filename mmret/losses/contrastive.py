@@ -19,18 +19,26 @@ import jax.numpy as jnp
 import optax
 
 
-def similarity_valid_mask(item_index: jax.Array) -> jax.Array:
+def similarity_valid_mask(item_index: jax.Array, query_index: jax.Array | None = None
+                          ) -> jax.Array:
   """Candidate columns of the in-batch similarity matrix.
 
   Args:
     item_index: int [B] catalog index of each pair's item.
+    query_index: optional int [B] index of each pair's query (-1 = unknown). Popular queries
+      recur within a batch, and the other items clicked for the same query are positives too.
 
   Returns:
-    bool [B, B]: True on the diagonal and where column j holds a different item than row i;
-    False where another row holds the same item (a duplicate: neither positive nor negative).
+    bool [B, B]: True on the diagonal and where column j holds a different item (and, with
+    query_index, a different known query) than row i; False elsewhere (neither positive nor
+    negative).
   """
   item_index = jnp.asarray(item_index)
   different = item_index[:, None] != item_index[None, :]
+  if query_index is not None:
+    query_index = jnp.asarray(query_index)
+    same_query = (query_index[:, None] == query_index[None, :]) & (query_index[:, None] >= 0)
+    different &= ~same_query
   return different | jnp.eye(item_index.shape[0], dtype=bool)
 
 
@@ -59,8 +67,22 @@ def _in_batch_softmax_ce(logits: jax.Array, valid: jax.Array, symmetric: bool) -
   return 0.5 * (forward + backward)
 
 
+def _logq_corrected(logits: jax.Array, log_q: jax.Array | None) -> jax.Array:
+  """logits [B, B] - log_q [B] per column: the sampled-softmax correction (Yi et al. 2019).
+
+  In-batch negatives are the batch's positives, drawn with probability q_j proportional to
+  their clicks, so popular items are over-represented as negatives; subtracting log q_j from
+  column j makes the loss estimate the full softmax, which keeps popularity in the scores.
+  A per-column shift leaves the item->query (column) softmax unchanged.
+  """
+  if log_q is None:
+    return logits
+  return logits - jax.lax.stop_gradient(jnp.asarray(log_q, logits.dtype))[None, :]
+
+
 def qic_sigmoid(query: jax.Array, item: jax.Array, valid: jax.Array, *, scale: float = 1.0,
-                bias: float = 0.0, symmetric: bool = False) -> jax.Array:
+                bias: float = 0.0, symmetric: bool = False,
+                log_q: jax.Array | None = None) -> jax.Array:
   """Sigmoid QIC: every (query, item) pair of the batch is an independent binary problem.
 
   Pairwise sigmoid loss as in SigLIP (Zhai et al. 2023, "Sigmoid Loss for Language Image
@@ -78,11 +100,13 @@ def qic_sigmoid(query: jax.Array, item: jax.Array, valid: jax.Array, *, scale: f
     bias: added to the scaled similarity (SigLIP initialises it negative, e.g. -10, to offset
       the B-1 : 1 imbalance of negatives to positives).
     symmetric: also average over each item's column (item->query) and return the mean of both.
+    log_q: optional float [B] log sampling probability of each column's item (logQ correction,
+      `_logq_corrected`); None = no correction.
 
   Returns:
     float [B]: mean over valid columns of `-y log σ(z) - (1 - y) log σ(-z)`.
   """
-  logits = scale * (query @ item.T) + bias  # [B, B]
+  logits = _logq_corrected(scale * (query @ item.T) + bias, log_q)  # [B, B]
   labels = jnp.eye(logits.shape[0], dtype=logits.dtype)
   bce = optax.sigmoid_binary_cross_entropy(logits, labels)
   candidates = _candidates(valid)
@@ -97,7 +121,7 @@ def qic_sigmoid(query: jax.Array, item: jax.Array, valid: jax.Array, *, scale: f
 
 
 def qic_softmax(query: jax.Array, item: jax.Array, valid: jax.Array, *, temperature: float,
-                symmetric: bool = False) -> jax.Array:
+                symmetric: bool = False, log_q: jax.Array | None = None) -> jax.Array:
   """Softmax QIC: in-batch softmax cross-entropy with temperature τ (InfoNCE).
 
   The in-batch contrastive loss of CPC / CLIP (van den Oord et al. 2018, "Representation
@@ -113,16 +137,19 @@ def qic_softmax(query: jax.Array, item: jax.Array, valid: jax.Array, *, temperat
       always counts.
     temperature: τ > 0; logits are `<q_i, d_j> / τ`.
     symmetric: mean of the query->item (row) and item->query (column) losses.
+    log_q: optional float [B] log sampling probability of each column's item (logQ correction,
+      `_logq_corrected`); None = no correction.
 
   Returns:
-    float [B]: `logsumexp_{j valid} S_ij / τ - S_ii / τ`.
+    float [B]: `logsumexp_{j valid} (S_ij / τ - log q_j) - (S_ii / τ - log q_i)`.
   """
-  logits = (query @ item.T) / temperature
+  logits = _logq_corrected((query @ item.T) / temperature, log_q)
   return _in_batch_softmax_ce(logits, valid, symmetric)
 
 
 def qic_am_softmax(query: jax.Array, item: jax.Array, valid: jax.Array, *, scale: float,
-                   margin: float, symmetric: bool = False) -> jax.Array:
+                   margin: float, symmetric: bool = False,
+                   log_q: jax.Array | None = None) -> jax.Array:
   """Additive-margin softmax QIC on cosine similarities.
 
   AM-Softmax (Wang et al. 2018, "Additive Margin Softmax for Face Verification"): inputs are
@@ -140,13 +167,15 @@ def qic_am_softmax(query: jax.Array, item: jax.Array, valid: jax.Array, *, scale
     margin: m >= 0, the additive cosine margin on the positive (e.g. 0.2–0.35).
     symmetric: mean of the query->item (row) and item->query (column) losses; the margin sits
       on the diagonal in both directions.
+    log_q: optional float [B] log sampling probability of each column's item (logQ correction,
+      `_logq_corrected`, applied after scaling); None = no correction.
 
   Returns:
     float [B]: `-log( e^{s(cos_ii - m)} / (e^{s(cos_ii - m)} + sum_{j != i valid} e^{s cos_ij}) )`.
   """
   cos = _l2_normalize(query) @ _l2_normalize(item).T  # [B, B]
   cos = cos - margin * jnp.eye(cos.shape[0], dtype=cos.dtype)
-  return _in_batch_softmax_ce(scale * cos, valid, symmetric)
+  return _in_batch_softmax_ce(_logq_corrected(scale * cos, log_q), valid, symmetric)
 
 
 def qim_bce(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:

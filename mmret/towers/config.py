@@ -29,11 +29,14 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   c.text_init = 'random' if tiny else ('minilm' if variant == 'default' else 'random')
   c.vocab_size = 2000 if tiny else 30522
   c.mask_token_id = 4 if tiny else 103
+  # Embedding / MLM-output rows are vocab_size rounded up to this multiple, so that a `model`
+  # mesh axis of any size dividing it can shard them (the extra rows are never looked up).
+  c.vocab_pad_multiple = 128
 
   # Shared (query + item tower) encoder.
   c.width = 32 if tiny else (768 if base else 384)
   c.depth = 2 if tiny else (12 if base else 6)
-  c.heads = 2 if tiny else 12
+  c.heads = 4 if tiny else 12
   c.mlp_dim = 64 if tiny else (3072 if base else 1536)
   c.max_len = 64 if tiny else 512
   c.dropout = 0.1
@@ -73,7 +76,13 @@ def transformer_config(model: ml_collections.ConfigDict, cross: bool = False) ->
   return TransformerConfig(
       width=model.width, depth=model.cross_depth if cross else model.depth, heads=model.heads,
       mlp_dim=model.mlp_dim, dropout=model.dropout, dtype=model.dtype, remat=model.remat,
-      scan=model.scan, vocab_size=model.vocab_size, max_len=model.max_len)
+      scan=model.scan, vocab_size=padded_vocab_size(model), max_len=model.max_len)
+
+
+def padded_vocab_size(model: ml_collections.ConfigDict) -> int:
+  """Rows of the word-embedding table: vocab_size rounded up to model.vocab_pad_multiple."""
+  m = model.vocab_pad_multiple
+  return -(-model.vocab_size // m) * m
 
 
 def image_config(model: ml_collections.ConfigDict) -> ImageConfig:

@@ -2,8 +2,9 @@
 
 For each query (row) the negative is the in-batch item most similar to it under the QIC
 similarity that is not a positive for it. Because a batch may hold the same item more than once
-(two queries clicking one item), positives are defined by item identity, not by the diagonal:
-item j is a positive for row i when item_index[j] == item_index[i]. Selection runs under
+(two queries clicking one item) or the same query more than once, positives are defined by
+identity, not by the diagonal: item j is a positive for row i when item_index[j] == item_index[i]
+or query_index[j] == query_index[i]. Selection runs under
 stop_gradient: it chooses which pair to score, it is not itself trained.
 """
 
@@ -11,9 +12,16 @@ import jax
 import jax.numpy as jnp
 
 
-def positive_mask(item_index: jax.Array) -> jax.Array:
-  """item_index int [B] -> bool [B, B], True where column j holds row i's item."""
-  return item_index[:, None] == item_index[None, :]
+def positive_mask(item_index: jax.Array, query_index: jax.Array | None = None) -> jax.Array:
+  """item_index int [B] -> bool [B, B], True where column j holds row i's item.
+
+  With query_index int [B] (-1 = unknown), also True where column j's pair has row i's query:
+  an item clicked for the same query is no negative for it.
+  """
+  same = item_index[:, None] == item_index[None, :]
+  if query_index is not None:
+    same |= (query_index[:, None] == query_index[None, :]) & (query_index[:, None] >= 0)
+  return same
 
 
 def hardest_negative(sim: jax.Array, positive_mask: jax.Array) -> jax.Array:

@@ -228,7 +228,7 @@ class PretrainModel(nn.Module):
     out['qic_item'] = self.qic(heads.pool(i_h, i_mask, c.pooling))
 
     # QIM / QIM2 against the hardest in-batch negative under QIC similarity.
-    pos_mask = negatives.positive_mask(batch['item_index'])
+    pos_mask = negatives.positive_mask(batch['item_index'], batch.get('query_index'))
     neg = negatives.hardest_negative(out['qic_query'] @ out['qic_item'].T, pos_mask)
     out['qim_negative'] = neg
     out['qim_weights'] = negatives.has_negative(pos_mask).astype(jnp.float32)

@@ -16,19 +16,25 @@ def _masked_mean(per_example, mask):
   return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def qic_per_example(query, item, valid, loss: ml_collections.ConfigDict):
-  """QIC loss [B] for the configured variant (sigmoid < softmax < AM-Softmax in the source)."""
+def qic_per_example(query, item, valid, loss: ml_collections.ConfigDict, log_q=None):
+  """QIC loss [B] for the configured variant (sigmoid < softmax < AM-Softmax in the source).
+
+  log_q: optional [B] log click probability of each row's item, the logQ correction of the
+  query->item direction (the item->query direction samples queries, not items: no correction).
+  """
   if loss.qic == 'sigmoid':
-    fn = lambda q, d, v: contrastive.qic_sigmoid(q, d, v, scale=loss.scale)
+    fn = lambda q, d, v, lq: contrastive.qic_sigmoid(q, d, v, scale=loss.scale, log_q=lq)
   elif loss.qic == 'softmax':
-    fn = lambda q, d, v: contrastive.qic_softmax(q, d, v, temperature=loss.temperature)
+    fn = lambda q, d, v, lq: contrastive.qic_softmax(q, d, v, temperature=loss.temperature,
+                                                     log_q=lq)
   else:
-    fn = lambda q, d, v: contrastive.qic_am_softmax(q, d, v, scale=loss.scale, margin=loss.margin)
-  forward = fn(query, item, valid)
+    fn = lambda q, d, v, lq: contrastive.qic_am_softmax(q, d, v, scale=loss.scale,
+                                                        margin=loss.margin, log_q=lq)
+  forward = fn(query, item, valid, log_q)
   if not loss.symmetric:
     return forward
-  # item->query direction: the validity mask is symmetric (it depends only on item identity).
-  return 0.5 * (forward + fn(item, query, valid.T))
+  # item->query direction: the validity mask is symmetric (same item or same query).
+  return 0.5 * (forward + fn(item, query, valid.T, None))
 
 
 def pretrain_objective(out, batch, loss: ml_collections.ConfigDict):
@@ -36,13 +42,14 @@ def pretrain_objective(out, batch, loss: ml_collections.ConfigDict):
 
   Args:
     out: model outputs (mlm_*, mpm_*, qic_*, qim*, see the model contract).
-    batch: the pair batch; `item_index [B]` marks duplicate items for QIC; optional `valid [B]`.
+    batch: the pair batch; `item_index [B]` and `query_index [B]` mark duplicate items and
+      queries for QIC; optional `valid [B]`.
     loss: config.loss (weights, qic variant, temperature, scale, margin, symmetric).
   Returns:
     (loss scalar, metrics dict of scalars).
   """
   rows = batch.get('valid', jnp.ones(batch['item_index'].shape, bool))
-  valid = contrastive.similarity_valid_mask(batch['item_index'])
+  valid = contrastive.similarity_valid_mask(batch['item_index'], batch.get('query_index'))
   valid = valid & rows[None, :] & rows[:, None] | jnp.eye(valid.shape[0], dtype=bool)
   qim_rows = rows & (out.get('qim_weights', jnp.ones_like(rows, jnp.float32)) > 0)
   per_example = {
@@ -54,7 +61,8 @@ def pretrain_objective(out, batch, loss: ml_collections.ConfigDict):
                     rows & (out['mlm_title_weights'].sum(-1) > 0)),
       'mpm': (token.masked_patch_kl(out['mpm_log_probs'], out['mpm_targets'], out['mpm_weights']),
               rows & (out['mpm_weights'].sum(-1) > 0)),
-      'qic': (qic_per_example(out['qic_query'], out['qic_item'], valid, loss), rows),
+      'qic': (qic_per_example(out['qic_query'], out['qic_item'], valid, loss,
+                             batch.get('item_log_q') if loss.logq_correction else None), rows),
       # Rows whose batch holds no other item have no hard negative (qim_weights = 0).
       'qim': (contrastive.qim_bce(out['qim_logits'], out['qim_labels']), qim_rows),
       'qim2': (contrastive.qim_bce(out['qim2_logits'], out['qim2_labels']), qim_rows),

@@ -23,6 +23,7 @@ from mmret.evaluate import bm25
 from mmret.evaluate import retrieval
 from mmret.towers import masking
 from mmret.towers.pretrain import PretrainModel
+from mmret.towers.pretrain import set_codebook
 from mmret.train import checkpoint as checkpoint_lib
 from mmret.train import metrics_log
 from mmret.train import objectives
@@ -32,7 +33,8 @@ from mmret.train import state as state_lib
 
 
 def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation, loss: ml_collections.ConfigDict):
+               tx: optax.GradientTransformation, loss: ml_collections.ConfigDict,
+               rng_impl: str = 'rbg'):
   """One optimisation step. Pure: the RNG is `fold_in(state.rng, state.step)`.
 
   Args:
@@ -41,7 +43,7 @@ def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *, mode
   Returns:
     (new state, metrics dict of scalars, still on device).
   """
-  rng = jax.random.fold_in(state.rng, state.step)
+  rng = state_lib.step_key(state, rng_impl)
   dropout_rng, masking_rng = jax.random.split(rng)
 
   def loss_fn(params):
@@ -52,14 +54,14 @@ def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *, mode
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics['train/grad_norm'] = optax.global_norm(grads)
-  metrics['train/param_norm'] = optax.global_norm(params)
+  metrics['train/grad_norm'] = optax.tree.norm(grads)
+  metrics['train/param_norm'] = optax.tree.norm(params)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def make_train_step(model, tx, loss, mesh, state_shardings):
+def make_train_step(model, tx, loss, mesh, state_shardings, rng_impl: str = 'rbg'):
   """jit(train_step) once, with explicit in/out shardings and the state donated."""
-  step = functools.partial(train_step, model=model, tx=tx, loss=loss)
+  step = functools.partial(train_step, model=model, tx=tx, loss=loss, rng_impl=rng_impl)
   return jax.jit(step, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
                  out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
                  donate_argnums=(0,))
@@ -115,7 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """Pre-trains on `config.data`, evaluates Recall@K etc., returns the flat results dict."""
   workdir = pathlib.Path(workdir)
   t_start = time.perf_counter()
-  data = prepare_lib.prepare(config.data, seed=config.seed)
+  data = prepare_lib.prepare(config.data)
   with config.unlocked():
     config.model.vocab_size = data.tokenizer.vocab_size
     config.model.mask_token_id = data.tokenizer.mask_id
@@ -134,17 +136,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   train_iter = iter(train_ds)
   sample = next(iter(train_ds))  # shapes for init; a separate iterator, so no data is skipped
 
-  root = jax.random.PRNGKey(config.seed)  # raw uint32 key: plain array in checkpoints
-  init_rng = jax.random.fold_in(root, 0)
+  init_rng = jax.random.key(config.seed)
+  step_rng = state_lib.step_key_data(config.seed + 1, config.train.rng_impl)
   codebook = masking.fit_mpm_codebook(data.sample_images(seed=config.seed),
                                       config.model.patch_size, config.model.mpm_classes,
                                       seed=config.seed, grid=config.model.mpm_grid)
 
   def init_variables(rng):
     variables = model.init({'params': rng, 'dropout': rng, 'masking': rng}, sample, train=False)
-    return masking.set_codebook(variables, codebook)
+    return set_codebook(variables, codebook)
 
-  state, shardings = state_lib.create_sharded_state(init_variables, tx, init_rng, mesh, rules)
+  state, shardings = state_lib.create_sharded_state(init_variables, tx, init_rng, mesh, rules,
+                                                     step_rng)
   if config.model.text_init == 'minilm':
     params = bert_import.init_text_encoder_from_minilm({'params': state.params})['params']
     state = state_lib.replace_params(state, tx, params, shardings)
@@ -156,13 +159,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state = checkpointer.restore(state, train_iter)
     print(f'resumed from {checkpointer.directory} at step {int(state.step)}', flush=True)
 
+  item_log_q = data.item_log_q()  # [N], the logQ correction of QIC's in-batch negatives
   logger = metrics_log.MetricsLogger(workdir)
-  step_fn = make_train_step(model, tx, config.loss, mesh, shardings)
+  step_fn = make_train_step(model, tx, config.loss, mesh, shardings,
+                                    config.train.rng_impl)
   start = int(state.step)
   t_train, examples, last = time.perf_counter(), 0, {}
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     for step in range(start + 1, config.train.num_steps + 1):
-      batch = to_global(next(train_iter), mesh)
+      host = next(train_iter)
+      host['item_log_q'] = item_log_q[host['item_index']]
+      batch = to_global(host, mesh)
       state, metrics = step_fn(state, batch)
       examples += config.train.batch_size
       if step % config.train.log_every == 0 or step == config.train.num_steps:
@@ -181,7 +188,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   results.update(evaluate(extractor, state.params, config, eval_set))
   if 'random_init' in config.eval.baselines:
     # The same architecture and init RNG, untrained and without pretrained text weights.
-    random_state, _ = state_lib.create_sharded_state(init_variables, tx, init_rng, mesh, rules)
+    random_state, _ = state_lib.create_sharded_state(init_variables, tx, init_rng, mesh, rules,
+                                                     step_rng)
     base = evaluate(extractor, random_state.params, config, eval_set)
     results.update({f'baseline/random_init/{k}': v for k, v in base.items()
                     if not k.startswith('scann_neighbour')})

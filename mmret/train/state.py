@@ -24,7 +24,9 @@ class TrainState:
 
   step: int32 scalar. params: trainable parameters. opt_state: optax state.
   constants: non-trainable variable collections (e.g. the MPM codebook), passed to `apply` as is.
-  rng: the root PRNG key; each step uses `fold_in(rng, step)`, so the key never has to change.
+  rng: raw key data (uint32) of the step PRNG key, whose implementation is `rng_impl` of the
+    config; each step uses `fold_in(key, step)`, so it never changes. Raw data (not a typed key)
+    is a plain array for Orbax.
   """
   step: jax.Array
   params: Any
@@ -39,32 +41,41 @@ def _split_variables(variables):
   return params, variables
 
 
+def step_key_data(seed: int, impl: str) -> jax.Array:
+  """Raw data of the step key. `impl` 'rbg' compiles dropout far faster on CPU than threefry."""
+  return jax.random.key_data(jax.random.key(seed, impl=impl))
+
+
+def step_key(state: TrainState, impl: str) -> jax.Array:
+  """The typed PRNG key of `state.step`: fold_in(root, step)."""
+  return jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=impl), state.step)
+
+
 def create_sharded_state(init_variables: Callable[[jax.Array], Any],
                          tx: optax.GradientTransformation, rng: jax.Array, mesh: Mesh,
-                         rules) -> tuple[TrainState, Any]:
+                         rules, step_rng: jax.Array) -> tuple[TrainState, Any]:
   """Creates the train state directly with its shardings.
 
   Args:
     init_variables: rng -> model variables (boxed with logical axis names), e.g.
       `lambda r: model.init(r, batch, train=False)`.
     tx: the optimizer.
-    rng: key for parameter init (a separate key is split off for the step RNG).
+    rng: key for parameter init.
     mesh, rules: device mesh and logical->mesh axis rules.
+    step_rng: raw key data of the step RNG (`step_key_data`).
 
   Returns:
     (state, state_shardings), the latter a TrainState of NamedShardings (for jit and restore).
   """
-  init_rng, step_rng = jax.random.split(rng)
-
   def init_boxed():
-    params, constants = _split_variables(init_variables(init_rng))
+    params, constants = _split_variables(init_variables(rng))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       constants=constants, rng=step_rng)
 
   abstract = jax.eval_shape(init_boxed)
   shardings = sharding_lib.logical_shardings(abstract, mesh, rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state = jax.jit(lambda: nn.unbox(init_boxed()), out_shardings=shardings)()
+  # out_shardings places every leaf where the logical rules say, straight from the init.
+  state = jax.jit(lambda: nn.unbox(init_boxed()), out_shardings=shardings)()
   return state, shardings
 
 

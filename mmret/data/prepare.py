@@ -1,0 +1,133 @@
+"""From `config.data` to everything a job reads: the dataset, its TFDS splits, the tokenizer, the
+eval set. One function, `prepare`, shared by every job.
+
+  data = prepare(config.data)
+  data.builder        # TFDS builder over array_record splits (items, train, eval, queries, ...)
+  data.tokenizer      # WordPiece (mmret.data.tokenizer.Tokenizer)
+  data.eval_set       # eval-day queries and targets (mmret.data.evalset.EvalSet)
+
+Everything expensive is cached under `config.data.cache_dir` and keyed by content: the generated
+SynthShop directory (by its config hash), the TFDS files (by the input files and settings) and a
+trained tokenizer (by its corpus).
+"""
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mmret.data import evalset
+from mmret.data import records
+from mmret.data import synthshop
+from mmret.data import tfds_builder
+from mmret.data import tokenizer as tokenizer_lib
+
+
+@dataclasses.dataclass
+class PreparedData:
+  """A dataset ready for training and evaluation (see the module docstring)."""
+  source_dir: pathlib.Path
+  dataset: records.Dataset
+  builder: tfds.core.DatasetBuilder
+  tokenizer: tokenizer_lib.Tokenizer
+  eval_set: evalset.EvalSet
+
+  @property
+  def num_items(self) -> int:
+    return len(self.dataset.items)
+
+  def summary(self) -> str:
+    """One line: sizes of the catalog, the logs and the eval set."""
+    splits = self.builder.info.splits
+    n_train = splits['train'].num_examples if 'train' in splits else 0
+    n_eval = splits['eval'].num_examples if 'eval' in splits else 0
+    images = sum(it.image is not None for it in self.dataset.items)
+    image_only = sum(t.size > 0 for t in self.eval_set.image_only_targets)
+    return (f'{self.num_items:,} items ({images:,} with images), {n_train:,} train and '
+            f'{n_eval:,} eval interactions, {len(self.eval_set.queries):,} eval queries '
+            f'({image_only:,} with image-only targets), vocabulary '
+            f'{self.tokenizer.vocab_size:,}; from {self.source_dir}')
+
+  def item_log_q(self) -> np.ndarray:
+    """float32 [N]: log of each item's share of the train positives (add-one smoothed).
+
+    The probability with which the pair pipeline (uniform over positive interactions) puts an
+    item into a batch: the q of the logQ correction.
+    """
+    index = self.dataset.item_index()
+    counts = np.ones(self.num_items, np.float64)
+    for x, split in zip(self.dataset.interactions, self.dataset.splits()):
+      if split == 'train' and x.positive:
+        counts[index[x.item_id]] += 1
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+  def sample_images(self, seed: int, count: int = 2048) -> np.ndarray:
+    """uint8 [n, S, S, 3]: up to `count` catalog images drawn without replacement by seed."""
+    source = self.builder.as_data_source(split='items')
+    with_image = np.array([i for i, it in enumerate(self.dataset.items) if it.image is not None])
+    if not with_image.size:
+      raise ValueError(f'{self.source_dir}: no item has an image, so there is nothing to fit the '
+                       'masked-patch codebook on; set the mpm loss weight to 0.')
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(with_image, size=min(count, with_image.size), replace=False))
+    return np.stack([np.asarray(source[int(i)]['image']) for i in picked])
+
+
+def synthshop_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The generator config: defaults of `data.synthshop_size` plus the fields edited by the user.
+
+  `data.synthshop` is built from the size given when the config file ran; a field whose value
+  differs from that size's default was set by the user and is kept, whatever the size now is.
+  """
+  built = data.synthshop
+  base = synthshop.default_config(built.size)
+  out = synthshop.default_config(data.synthshop_size)
+
+  def merge(edited, default, target, prefix=''):
+    for key, value in edited.items():
+      if key == 'size':
+        continue
+      if key not in default:
+        raise KeyError(f'config key data.synthshop.{prefix}{key} is not a SynthShop option.')
+      if isinstance(value, ml_collections.ConfigDict):
+        merge(value, default[key], target[key], f'{prefix}{key}.')
+      elif value != default[key]:
+        target[key] = value
+
+  out.images.size = data.image_size  # render at the size the model reads, unless edited
+  merge(built, base, out)
+  return out
+
+
+def source_directory(data: ml_collections.ConfigDict) -> pathlib.Path:
+  """The BYOD directory to read: generated SynthShop (cached) or the user's own."""
+  if data.source != 'synthshop':
+    return pathlib.Path(data.source).expanduser()
+  # The world is fixed by data.synthshop.seed, not by the training seed: runs with different
+  # training seeds see the same data.
+  return synthshop.load_or_generate(synthshop_config(data), pathlib.Path(data.cache_dir).expanduser())
+
+
+def tokenizer_corpus(dataset: records.Dataset) -> list[str]:
+  """Texts a trained WordPiece sees: catalog titles and descriptions, and the train queries."""
+  texts = [it.title for it in dataset.items] + [it.description for it in dataset.items
+                                                if it.description]
+  train = {x.query for x, split in zip(dataset.interactions, dataset.splits()) if split == 'train'}
+  return texts + sorted(train)
+
+
+def prepare(data: ml_collections.ConfigDict, **builder_kwargs: Any) -> PreparedData:
+  """Loads (or generates) the data of `config.data` and builds what a job needs from it."""
+  tfds.disable_progress_bar()  # one bar per split and shard drowns the job's own log
+  source_dir = source_directory(data)
+  dataset = records.load_dataset(source_dir, check_images=True)
+  cache = pathlib.Path(data.cache_dir).expanduser()
+  builder = tfds_builder.prepare(source_dir, cache / 'tfds', image_size=data.image_size,
+                                 **builder_kwargs)
+  tokenizer = tokenizer_lib.build_tokenizer(data.tokenizer, tokenizer_corpus(dataset),
+                                            data.vocab_size, cache)
+  return PreparedData(source_dir=source_dir, dataset=dataset, builder=builder,
+                      tokenizer=tokenizer, eval_set=evalset.build_eval_set(dataset))

@@ -1,0 +1,50 @@
+"""Multi-process start-up: `jax.distributed.initialize` when the job has more than one process.
+
+Explicit arguments (the CLI's --coordinator_address / --num_processes / --process_id) win.
+Without them, the usual cluster environments are detected and left to JAX's own auto-detection
+(`jax.distributed.initialize()` with no arguments reads them):
+
+  SLURM       SLURM_NTASKS > 1 (srun)
+  Open MPI    OMPI_COMM_WORLD_SIZE > 1 (mpirun)
+  TPU VM pod  TPU_WORKER_HOSTNAMES lists more than one host
+  explicit    JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID
+
+A single process (a laptop, one GPU host driving all its GPUs) initialises nothing.
+"""
+
+import os
+from collections.abc import Mapping
+
+import jax
+
+
+def cluster_size(env: Mapping[str, str]) -> int:
+  """Number of processes the environment says this job has (1 when it says nothing)."""
+  for var in ('JAX_NUM_PROCESSES', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+    if env.get(var, '').strip().isdigit():
+      return int(env[var])
+  hosts = [h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h.strip()]
+  return max(len(hosts), 1)
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, env: Mapping[str, str] | None = None) -> bool:
+  """Initialises jax.distributed if this is a multi-process job; returns whether it did.
+
+  Must run before anything touches a JAX device.
+  """
+  env = os.environ if env is None else env
+  explicit = coordinator_address or env.get('JAX_COORDINATOR_ADDRESS')
+  if explicit:
+    n = num_processes if num_processes is not None else int(env.get('JAX_NUM_PROCESSES', '1'))
+    pid = process_id if process_id is not None else int(env.get('JAX_PROCESS_ID', '0'))
+    if n <= 1:
+      return False
+    if not 0 <= pid < n:
+      raise ValueError(f'process_id {pid} is not in [0, {n}).')
+    jax.distributed.initialize(coordinator_address=explicit, num_processes=n, process_id=pid)
+    return True
+  if cluster_size(env) > 1:
+    jax.distributed.initialize()  # JAX reads SLURM / Open MPI / TPU metadata itself
+    return True
+  return False

@@ -1,0 +1,74 @@
+"""End to end: the CLI on the tiny config, and its handling of bad flags."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+KS = (10, 50, 100, 1000)
+
+
+def launch(*args, cwd=ROOT, timeout=900):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  env.pop('XLA_FLAGS', None)  # one CPU device, as a user's laptop has
+  return subprocess.run([sys.executable, '-m', 'mmret.launch', *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('tiny_run')
+  cache = tmp_path_factory.mktemp('cache')
+  args = ('--config', 'configs/pretrain.py:tiny', '--workdir', str(workdir),
+          f'--config.data.cache_dir={cache}')
+  proc = launch(*args)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return workdir, proc, args
+
+
+def test_tiny_run_writes_every_metric(tiny_run):
+  workdir, proc, _ = tiny_run
+  results = json.loads((workdir / 'results.json').read_text())
+  for k in KS:
+    for key in (f'recall@{k}', f'recall@{k}/exact', f'relevance@{k}', f'recall@{k}/image_only',
+                f'scann_neighbour_recall@{k}', f'baseline/bm25/recall@{k}',
+                f'baseline/random_init/recall@{k}'):
+      assert 0.0 <= results[key] <= 1.0, key
+  # Recall is monotone in K, and the whole tiny catalog (200 items) is inside the top 1000.
+  recalls = [results[f'recall@{k}/exact'] for k in KS]
+  assert recalls == sorted(recalls) and recalls[-1] == pytest.approx(1.0)
+  assert results['train/steps'] == 4
+  assert all(v == v for v in results.values())  # no NaN anywhere
+  # The summary table is printed, with the model's row and the baselines.
+  assert 'recall/exact' in proc.stdout and 'baseline/bm25' in proc.stdout
+  # Checkpoints, TensorBoard events and the resolved config are in the workdir.
+  assert (workdir / 'checkpoints' / '4').is_dir()
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  assert json.loads((workdir / 'config.json').read_text())['model']['vocab_size'] > 0
+
+
+def test_rerun_resumes_from_the_last_checkpoint(tiny_run):
+  workdir, _, args = tiny_run
+  proc = launch(*args)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert 'resumed from' in proc.stdout and 'at step 4' in proc.stdout
+  assert '[step' not in proc.stdout  # nothing left to train
+
+
+def test_unknown_config_key_is_named():
+  proc = launch('--config', 'configs/pretrain.py:tiny', '--config.train.num_stepz=3',
+                timeout=120)
+  assert proc.returncode != 0
+  assert 'num_stepz' in proc.stderr
+
+
+def test_invalid_combination_is_named_before_anything_runs(tmp_path):
+  proc = launch('--config', 'configs/pretrain.py:tiny', '--config.model.heads=3',
+                '--workdir', str(tmp_path), timeout=120)
+  assert proc.returncode != 0
+  assert 'model.heads=3' in proc.stderr
+  assert not (tmp_path / 'checkpoints').exists()
