@@ -28,13 +28,17 @@ def get_job(name: str):
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
+  import jax  # pylint: disable=g-import-not-at-top  (after jax.distributed.initialize)
   job = get_job(config.job)
   validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  primary = jax.process_index() == 0  # every process computes the same results; one writes
+  if primary:
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   results = job(config, workdir)
-  write_results(workdir / 'results.json', results)
+  if primary:
+    write_results(workdir / 'results.json', results)
   return results
 
 

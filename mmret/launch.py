@@ -51,7 +51,9 @@ def main(argv):
     # The user's config or data is wrong: say which key / record, without a traceback.
     print(f'mmret: error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(jobs.format_results(results, title=f'{config.job} results ({workdir}/results.json)'))
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print(jobs.format_results(results, title=f'{config.job} results ({workdir}/results.json)'))
 
 
 def _parse_flags(argv):

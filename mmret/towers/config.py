@@ -61,8 +61,9 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
 
   # Pre-training tasks.
   c.mlm_prob = 0.15
-  c.mlm_max_predictions_query = 4
-  c.mlm_max_predictions_title = 8
+  # Gathered MLM positions per sequence: about 15% of the typical length, plus one.
+  c.mlm_max_predictions_query = 3 if variant == 'default' else 4
+  c.mlm_max_predictions_title = 5 if variant == 'default' else 8
   c.mpm_prob = 0.25
   c.mpm_max_predictions = 8
   c.mpm_classes = 8 if tiny else 64
