@@ -91,3 +91,15 @@ def test_project_configs_load_and_validate():
     validate(c, num_devices=1)
   with pytest.raises(ValueError, match='unknown variant'):
     load_config('configs/pretrain.py:huge')
+
+
+@pytest.mark.parametrize('key, value', [('model.pooling', 'max'),
+                                        ('model.retrieval_space', 'both'),
+                                        ('train.rng_impl', 'philox')])
+def test_unknown_choice_is_named(key, value):
+  config = load_config('configs/pretrain.py:tiny')
+  section, leaf = key.split('.')
+  with config.unlocked():
+    config[section][leaf] = value
+  with pytest.raises(ConfigError, match=rf'{key}={value!r}'):
+    validate(config, num_devices=1)

@@ -56,8 +56,9 @@ def test_train_outputs_contract_shapes(tiny):
   shapes = {k: v.shape for k, v in out.items()}
   assert shapes['query_vec'] == shapes['item_vec'] == (B, 32)
   assert shapes['qic_query'] == shapes['qic_item'] == (B, 16)
-  assert shapes['mlm_query_logits'] == (B, 4, 2000) and shapes['mlm_query_labels'] == (B, 4)
-  assert shapes['mlm_title_logits'] == (B, 8, 2000) and shapes['mlm_title_weights'] == (B, 8)
+  # 2000 real tokens, padded to a multiple of model.vocab_pad_multiple (128) for sharding.
+  assert shapes['mlm_query_logits'] == (B, 4, 2048) and shapes['mlm_query_labels'] == (B, 4)
+  assert shapes['mlm_title_logits'] == (B, 8, 2048) and shapes['mlm_title_weights'] == (B, 8)
   assert shapes['mpm_log_probs'] == shapes['mpm_targets'] == (B, 8, 8)
   assert shapes['mpm_weights'] == (B, 8)
   for k in ('qim_logits', 'qim_labels', 'qim2_logits', 'qim2_labels'):

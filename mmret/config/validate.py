@@ -13,6 +13,14 @@ from mmret.config.loading import ConfigError
 _QIC = ('sigmoid', 'softmax', 'am_softmax')
 _WIDTH_KEYS = ('width', 'hidden_size', 'emb_dim')
 _HEAD_KEYS = ('heads', 'num_heads')
+# Keys whose value must be one of a fixed set of choices (checked where the key exists).
+_CHOICES = {
+    'model.pooling': ('mean', 'cls'),
+    'model.retrieval_space': ('encoder', 'qic'),
+    'model.image_encoder': ('resnet', 'linear', 'features'),
+    'model.text_init': ('minilm', 'random'),
+    'train.rng_impl': ('rbg', 'unsafe_rbg', 'threefry2x32'),
+}
 
 
 def _walk(config: ml_collections.ConfigDict, prefix: str = ''):
@@ -42,6 +50,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       if not isinstance(heads, int) or heads <= 0 or width % heads:
         raise ConfigError(f'config key {prefix}{heads_key}={heads!r}: the width {width} is not '
                           f'divisible by the number of heads.')
+
+  for key, choices in _CHOICES.items():
+    section, leaf = key.split('.')
+    if section in config and leaf in config[section] and config[section][leaf] not in choices:
+      raise ConfigError(f'config key {key}={config[section][leaf]!r}: choose from {choices}.')
 
   if 'train' in config:
     for key in ('batch_size', 'num_steps', 'log_every'):

@@ -103,7 +103,11 @@ def _assign(target: Any, source: Any, where: str) -> Any:
   if (where.endswith('word_embeddings') and target.shape[1:] == source.shape[1:]
       and target.shape[0] > source.shape[0]):
     # The model pads its vocabulary to a shardable size: the extra rows keep their init.
-    source = np.concatenate([np.asarray(source), np.asarray(target)[source.shape[0]:]])
+    # (Zeros when the target is abstract, e.g. from jax.eval_shape.)
+    n = source.shape[0]
+    rest = (np.asarray(target)[n:] if isinstance(target, (np.ndarray, jax.Array))
+            else np.zeros((target.shape[0] - n, *target.shape[1:]), np.float32))
+    source = np.concatenate([np.asarray(source), rest])
   if tuple(target.shape) != tuple(source.shape):
     raise ValueError(f'pretrained text encoder shape mismatch at {where}: model '
                      f'{tuple(target.shape)} vs checkpoint {tuple(source.shape)}; set the model '

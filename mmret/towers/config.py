@@ -56,7 +56,11 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
 
   # Retrieval vectors.
   c.pooling = 'mean'       # 'mean' (source's choice) | 'cls'
-  c.normalize = True       # L2-normalise query_vec / item_vec
+  c.normalize = True       # L2-normalise query_vec / item_vec ('encoder' space; 'qic' always is)
+  # 'encoder': the pooled encoder output (D-dim) is the retrieval vector, as the source extracts
+  # it; 'qic': its 256-d QIC projection, the space the in-batch contrastive loss trains.
+  c.retrieval_space = 'encoder'
+
   c.qic_dim = 16 if tiny else 256
 
   # Pre-training tasks.

@@ -145,7 +145,11 @@ class PretrainModel(nn.Module):
     return h, mask
 
   def _vector(self, hidden, mask):
+    """The retrieval vector: pooled encoder output ('encoder', D-dim, as the source extracts
+    it) or its QIC projection ('qic', qic_dim, the space the QIC loss trains directly)."""
     c = self.config
+    if c.retrieval_space == 'qic':
+      return self.qic(heads.pool(hidden, mask, c.pooling))  # QicHead L2-normalises
     return heads.retrieval_vector(hidden, mask, c.pooling, c.normalize)
 
   # -- eval -----------------------------------------------------------------------------------
