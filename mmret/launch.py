@@ -42,6 +42,7 @@ def main(argv):
   from mmret.train import distributed
   from mmret.config import ConfigError
   from mmret.data.records import DataError
+  from mmret.train.metrics_log import NonFiniteError
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('workdir', f'{config.job}_{config.get("variant", "x")}')
@@ -51,6 +52,9 @@ def main(argv):
     # The user's config or data is wrong: say which key / record, without a traceback.
     print(f'mmret: error: {e}', file=sys.stderr)
     sys.exit(2)
+  except NonFiniteError as e:
+    print(f'mmret: training diverged: {e}', file=sys.stderr)
+    sys.exit(3)
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     print(jobs.format_results(results, title=f'{config.job} results ({workdir}/results.json)'))

@@ -28,6 +28,7 @@ from mmret.train import checkpoint as checkpoint_lib
 from mmret.train import metrics_log
 from mmret.train import objectives
 from mmret.train import optimizer as optimizer_lib
+from mmret.train import preemption
 from mmret.train import sharding as sharding_lib
 from mmret.train import state as state_lib
 
@@ -165,19 +166,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                     config.train.rng_impl)
   start = int(state.step)
   t_train, examples, last = time.perf_counter(), 0, {}
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  guard = preemption.PreemptionGuard(sync_every=config.train.log_every)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), guard:
     for step in range(start + 1, config.train.num_steps + 1):
       host = next(train_iter)
       host['item_log_q'] = item_log_q[host['item_index']]
       batch = to_global(host, mesh)
       state, metrics = step_fn(state, batch)
       examples += config.train.batch_size
-      if step % config.train.log_every == 0 or step == config.train.num_steps:
+      save = checkpointer.should_save(step) or step == config.train.num_steps
+      stop = guard.should_stop(step)
+      # Metrics are checked (NaN/Inf -> NonFiniteError) before any checkpoint is written, so
+      # the last checkpoint on disk is always a finite one.
+      if step % config.train.log_every == 0 or save or stop:
         last = logger.log(step, metrics, print_keys=(
             'loss/total', 'loss/qic', 'loss/qim', 'loss/mlm_title', 'loss/mpm',
             'train/qic_accuracy'))
-      if checkpointer.should_save(step) or step == config.train.num_steps:
-        checkpointer.save(step, state, train_iter)
+      if save or stop:
+        checkpointer.save(step, state, train_iter, force=True)
+      if stop:
+        checkpointer.close()
+        logger.close()
+        guard.exit(step, workdir)
   train_seconds = time.perf_counter() - t_train
   checkpointer.close()
 
