@@ -11,7 +11,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -31,6 +30,12 @@ from mmret.train import optimizer as optimizer_lib
 from mmret.train import preemption
 from mmret.train import sharding as sharding_lib
 from mmret.train import state as state_lib
+
+
+def info(message: str) -> None:
+  """Progress for the user, printed once (by process 0) in a multi-process job."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
 
 
 def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
@@ -122,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   with config.unlocked():
     config.model.vocab_size = data.tokenizer.vocab_size
     config.model.mask_token_id = data.tokenizer.mask_id
-  print(f'data: {data.summary()}', flush=True)
+  info(f'data: {data.summary()}')
 
   mesh = sharding_lib.make_mesh(config.mesh.shape, config.mesh.axes)
   rules = sharding_lib.rules_from_config(config.axis_rules)
@@ -152,13 +157,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if config.model.text_init == 'minilm':
     params = bert_import.init_text_encoder_from_minilm({'params': state.params})['params']
     state = state_lib.replace_params(state, tx, params, shardings)
-  print(f'model: {state_lib.param_count(state.params):,} parameters; mesh {dict(mesh.shape)}',
-        flush=True)
+  info(f'model: {state_lib.param_count(state.params):,} parameters; mesh {dict(mesh.shape)}')
 
   checkpointer = checkpoint_lib.Checkpointer(workdir, every_steps=config.train.checkpoint_every)
   if checkpointer.latest_step is not None:
     state = checkpointer.restore(state, train_iter)
-    print(f'resumed from {checkpointer.directory} at step {int(state.step)}', flush=True)
+    info(f'resumed from {checkpointer.directory} at step {int(state.step)}')
 
   item_log_q = data.item_log_q()  # [N], the logQ correction of QIC's in-batch negatives
   logger = metrics_log.MetricsLogger(workdir)
