@@ -40,6 +40,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # catalog and queries) or a path to vocab.txt / tokenizer.json.
   c.data.tokenizer = 'train' if tiny else 'minilm'
   c.data.vocab_size = 2000 if tiny else 8000
+  # Multi-process input: 'per_process' (each process reads its own shard, batch / processes
+  # rows: scales) or 'global_batch' (each process reads the whole global batch and keeps its
+  # rows: the batches, and so the run, do not depend on the number of processes).
+  c.data.process_sharding = 'per_process'
 
   c.model = model_config(variant)
 

@@ -14,8 +14,9 @@ import subprocess
 import sys
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+
+from checkpoint_util import final_params
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -68,25 +69,6 @@ def interrupt_at(cmd, env, step, sig):
   return proc.returncode, proc.stderr.read()
 
 
-def final_params(workdir):
-  manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints',
-                                  item_names=('state', 'data'))
-  assert manager.latest_step() == STEPS
-  restored = manager.restore(STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  manager.close()
-  state = restored['state']
-  leaves = {jax_path: np.asarray(v) for jax_path, v in _flatten(state['params'])}
-  return leaves, int(np.asarray(state['step']))
-
-
-def _flatten(tree, prefix=''):
-  if isinstance(tree, dict):
-    for k, v in tree.items():
-      yield from _flatten(v, f'{prefix}/{k}')
-  else:
-    yield prefix, tree
-
-
 def assert_same_params(a, b):
   assert a.keys() == b.keys()
   for k in a:
@@ -97,8 +79,7 @@ def assert_same_params(a, b):
 def reference(tmp_path_factory, env, data_cache):
   workdir = tmp_path_factory.mktemp('uninterrupted')
   run(command(workdir, data_cache), env)
-  params, step = final_params(workdir)
-  assert step == STEPS
+  params = final_params(workdir, STEPS)
   return params, json.loads((workdir / 'results.json').read_text())
 
 
@@ -109,7 +90,7 @@ def test_sigkill_then_restart_is_bit_identical(kill_step, reference, tmp_path, e
   assert code == -signal.SIGKILL
   proc = run(cmd, env)
   assert 'resumed from' in proc.stdout
-  params, _ = final_params(tmp_path)
+  params = final_params(tmp_path, STEPS)
   assert_same_params(params, reference[0])
   results = json.loads((tmp_path / 'results.json').read_text())
   assert results['recall@100/exact'] == reference[1]['recall@100/exact']
@@ -124,7 +105,7 @@ def test_sigterm_saves_exits_and_resumes_bit_identical(reference, tmp_path, env,
   assert 3 <= stopped_at < STEPS
   proc = run(cmd, env)
   assert f'at step {stopped_at}' in proc.stdout
-  params, _ = final_params(tmp_path)
+  params = final_params(tmp_path, STEPS)
   assert_same_params(params, reference[0])
 
 

@@ -20,6 +20,7 @@ _CHOICES = {
     'model.image_encoder': ('resnet', 'linear', 'features'),
     'model.text_init': ('minilm', 'random'),
     'train.rng_impl': ('rbg', 'unsafe_rbg', 'threefry2x32'),
+    'data.process_sharding': ('per_process', 'global_batch'),
 }
 
 

@@ -73,9 +73,19 @@ def make_train_step(model, tx, loss, mesh, state_shardings, rng_impl: str = 'rbg
                  donate_argnums=(0,))
 
 
-def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  """Host-local numpy batch -> global jax.Arrays sharded over the data axis (multi-host safe)."""
+def to_global(batch: dict[str, np.ndarray], mesh, *, full: bool = False
+              ) -> dict[str, jax.Array]:
+  """Numpy batch -> global jax.Arrays sharded over the data axis (multi-host safe).
+
+  full=False: `batch` is this process's rows only (data.process_sharding='per_process').
+  full=True: every process holds the whole global batch ('global_batch') and each device takes
+  its own rows of it, so the global batch does not depend on the number of processes.
+  """
   sharding = sharding_lib.batch_sharding(mesh)
+  if full:
+    return {k: jax.make_array_from_callback(np.shape(v), sharding,
+                                            lambda idx, v=np.asarray(v): v[idx])
+            for k, v in batch.items()}
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
 
@@ -135,6 +145,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   tx = optimizer_lib.make_optimizer(config.optim, config.train.num_steps)
 
   process_count, process_index = jax.process_count(), jax.process_index()
+  full_batches = config.data.process_sharding == 'global_batch'
+  if full_batches:  # every process reads the whole global batch (see to_global)
+    process_count, process_index = 1, 0
   train_ds = pipelines.pretrain_pairs(
       data.builder, data.tokenizer, batch_size=config.train.batch_size // process_count,
       seed=config.seed, query_len=config.data.query_len, title_len=config.data.title_len,
@@ -175,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     for step in range(start + 1, config.train.num_steps + 1):
       host = next(train_iter)
       host['item_log_q'] = item_log_q[host['item_index']]
-      batch = to_global(host, mesh)
+      batch = to_global(host, mesh, full=full_batches)
       state, metrics = step_fn(state, batch)
       examples += config.train.batch_size
       save = checkpointer.should_save(step) or step == config.train.num_steps
