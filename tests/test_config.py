@@ -103,3 +103,14 @@ def test_unknown_choice_is_named(key, value):
     config[section][leaf] = value
   with pytest.raises(ConfigError, match=rf'{key}={value!r}'):
     validate(config, num_devices=1)
+
+
+def test_model_axis_must_divide_the_sharded_dimensions():
+  config = load_config('configs/pretrain.py:tiny')  # heads 4, width 32, mlp 64
+  with config.unlocked():
+    config.mesh.shape = (2, 4)
+  validate(config, num_devices=8)
+  with config.unlocked():
+    config.mesh.shape = (1, 8)
+  with pytest.raises(ConfigError, match=r'model\.heads=4 .* model mesh axis'):
+    validate(config, num_devices=8)
