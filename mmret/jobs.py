@@ -16,7 +16,9 @@ from mmret.config import ConfigError, validate
 
 # Imported lazily so that a job's heavy dependencies load only when it runs.
 JOBS = {
-    'pretrain': 'mmret.train.pretrain:train_and_evaluate',
+    'pretrain': 'mmret.train.pretrain:train_and_evaluate',     # stage 1, DESIGN.md §1
+    'recall': 'mmret.train.recall:train_and_evaluate',         # stage 2 + gated fusion, §2-3
+    'engage': 'mmret.train.engage:train_and_evaluate',         # Que2Engage multitask EBR, §4
 }
 
 
