@@ -21,6 +21,11 @@ _CHOICES = {
     'model.text_init': ('minilm', 'random'),
     'train.rng_impl': ('rbg', 'unsafe_rbg', 'threefry2x32'),
     'data.process_sharding': ('per_process', 'global_batch'),
+    'optim.name': ('adamw', 'adam', 'sgd'),
+    # Stage 2 (configs/recall.py); mirrors mmret.towers.recall.FUSIONS and
+    # mmret.embeddings.sparse_optim.NAMES (not imported: validation stays free of JAX).
+    'model.fusion': ('id_only', 'mm_only', 'add', 'concat', 'gate_add', 'gate_concat'),
+    'id_optim.name': ('rowwise_adagrad', 'adam'),
 }
 
 
@@ -57,12 +62,38 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if section in config and leaf in config[section] and config[section][leaf] not in choices:
       raise ConfigError(f'config key {key}={config[section][leaf]!r}: choose from {choices}.')
 
+  if 'variants' in config:
+    fusions = _CHOICES['model.fusion']
+    if not config.variants:
+      raise ConfigError('config key variants is empty: name at least one fusion.')
+    for name in config.variants:
+      if name not in fusions:
+        raise ConfigError(f'config key variants: {name!r} is not a fusion; choose from '
+                          f'{fusions}.')
+  if 'negatives' in config:
+    _positive_int(config, 'negatives.num')
+  if 'stage1' in config:  # the stage-1 job a stage-2 config embeds: validated as its own
+    try:
+      validate(config.stage1, num_devices)
+    except ConfigError as e:
+      message = str(e).replace('config key ', 'config key stage1.')
+      raise ConfigError(message.replace("stage1.'", "'stage1.")) from e
+
   if 'train' in config:
     for key in ('batch_size', 'num_steps', 'log_every'):
       if key in config.train:
         _positive_int(config, f'train.{key}')
     if 'checkpoint_every' in config.train and config.train.checkpoint_every < 0:
       raise ConfigError('config key train.checkpoint_every must be >= 0 (0 disables).')
+    if 'cold_dropout' in config.train:  # stage 2: cold-start dropout probability
+      rate = config.train.cold_dropout
+      if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+        raise ConfigError(f'config key train.cold_dropout={rate!r}: a dropout probability '
+                          'must be in [0, 1] (0 disables).')
+    for name in config.train.get('cold_dropout_fusions', ()):
+      if name not in _CHOICES['model.fusion']:
+        raise ConfigError(f'config key train.cold_dropout_fusions: {name!r} is not a fusion; '
+                          f'choose from {_CHOICES["model.fusion"]}.')
 
   if 'loss' in config:
     if 'qic' in config.loss and config.loss.qic not in _QIC:
@@ -72,6 +103,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         raise ConfigError(f'config key loss.weights.{name}={weight}: weights must be >= 0.')
     if 'temperature' in config.loss and config.loss.temperature <= 0:
       raise ConfigError(f'config key loss.temperature={config.loss.temperature}: must be > 0.')
+
+  _check_engage(config)
 
   if 'eval' in config and 'ks' in config.eval:
     if not config.eval.ks or any(not isinstance(k, int) or k <= 0 for k in config.eval.ks):
@@ -90,6 +123,39 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
   if 'mesh' in config and 'train' in config:
     _check_mesh(config, num_devices)
+
+
+# The rows of the Que2Engage ablation (mmret.train.engage.ABLATION_ROWS; kept here so that
+# validation does not import the trainer).
+_ENGAGE_ROWS = ('contrastive', 'context', 'mixed_negatives', 'multitask', 'multitask_dropout')
+
+
+def _check_engage(config):
+  """Que2Engage keys (configs/engage.py): dropout rates, loss scale, page negatives, ablation."""
+  if 'model' in config and 'modality_dropout' in config.model:
+    for name, rate in config.model.modality_dropout.items():
+      if not 0.0 <= rate <= 1.0:
+        raise ConfigError(f'config key model.modality_dropout.{name}={rate}: a dropout '
+                          'probability must be in [0, 1].')
+  if config.get('job') != 'engage':
+    return
+  if config.loss.scale <= 0:
+    raise ConfigError(f'config key loss.scale={config.loss.scale}: must be > 0.')
+  for key in ('num_negatives', 'max_page_negatives'):
+    if config.data[key] < 0:
+      raise ConfigError(f'config key data.{key}={config.data[key]}: must be >= 0.')
+  if config.data.num_negatives > config.data.max_page_negatives:
+    raise ConfigError(f'config key data.num_negatives={config.data.num_negatives} exceeds '
+                      f'data.max_page_negatives={config.data.max_page_negatives}.')
+  if config.loss.mixed_negatives and config.data.num_negatives == 0:
+    raise ConfigError('config key loss.mixed_negatives=True needs data.num_negatives > 0 '
+                      '(the page negatives to mix in).')
+  for row in config.ablation.rows:
+    if row not in _ENGAGE_ROWS:
+      raise ConfigError(f'config key ablation.rows: unknown row {row!r}; choose from '
+                        f'{_ENGAGE_ROWS}.')
+  if config.ablation.rows and not config.ablation.seeds:
+    raise ConfigError('config key ablation.seeds: at least one seed is needed.')
 
 
 def _check_mesh(config, num_devices):
