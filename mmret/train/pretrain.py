@@ -27,7 +27,7 @@ from mmret.train import checkpoint as checkpoint_lib
 from mmret.train import metrics_log
 from mmret.train import objectives
 from mmret.train import optimizer as optimizer_lib
-from mmret.train import preemption
+from mmret.train import loop
 from mmret.train import sharding as sharding_lib
 from mmret.train import state as state_lib
 
@@ -179,33 +179,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   item_log_q = data.item_log_q()  # [N], the logQ correction of QIC's in-batch negatives
   logger = metrics_log.MetricsLogger(workdir)
-  step_fn = make_train_step(model, tx, config.loss, mesh, shardings,
-                                    config.train.rng_impl)
+  step_fn = make_train_step(model, tx, config.loss, mesh, shardings, config.train.rng_impl)
   start = int(state.step)
-  t_train, examples, last = time.perf_counter(), 0, {}
-  guard = preemption.PreemptionGuard(sync_every=config.train.log_every)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), guard:
-    for step in range(start + 1, config.train.num_steps + 1):
-      host = next(train_iter)
-      host['item_log_q'] = item_log_q[host['item_index']]
-      batch = to_global(host, mesh, full=full_batches)
-      state, metrics = step_fn(state, batch)
-      examples += config.train.batch_size
-      save = checkpointer.should_save(step) or step == config.train.num_steps
-      stop = guard.should_stop(step)
-      # Metrics are checked (NaN/Inf -> NonFiniteError) before any checkpoint is written, so
-      # the last checkpoint on disk is always a finite one.
-      if step % config.train.log_every == 0 or save or stop:
-        last = logger.log(step, metrics, print_keys=(
+
+  def next_batch(step):
+    del step  # the iterator's position is the step's
+    host = next(train_iter)
+    host['item_log_q'] = item_log_q[host['item_index']]
+    return to_global(host, mesh, full=full_batches)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state, last, train_seconds = loop.run(
+        state, step_fn, next_batch, first_step=start + 1, num_steps=config.train.num_steps,
+        log_every=config.train.log_every, checkpointer=checkpointer, data_iterator=train_iter,
+        logger=logger, workdir=workdir, print_keys=(
             'loss/total', 'loss/qic', 'loss/qim', 'loss/mlm_title', 'loss/mpm',
             'train/qic_accuracy'))
-      if save or stop:
-        checkpointer.save(step, state, train_iter, force=True)
-      if stop:
-        checkpointer.close()
-        logger.close()
-        guard.exit(step, workdir)
-  train_seconds = time.perf_counter() - t_train
+  examples = (config.train.num_steps - start) * config.train.batch_size
   checkpointer.close()
 
   eval_set = data.eval_set

@@ -1,0 +1,57 @@
+"""The step loop every training job shares: step, log (with the NaN/Inf check), checkpoint,
+and stop cleanly on SIGTERM/SIGINT.
+
+    state, last, seconds = loop.run(state, step_fn, next_batch, first_step=..., ...)
+
+The job builds its own state, jitted step and input; this module owns the order of what happens
+after each step, which is what makes a killed run resumable bit-identically:
+  1. metrics are fetched and checked for NaN/Inf (NonFiniteError) at log steps, and always before
+     a checkpoint is written, so the last checkpoint on disk is always a finite one;
+  2. a checkpoint (state + data iterator) is written every `checkpointer.every_steps`, at the
+     last step, and when a stop was requested;
+  3. a requested stop (agreed by every process) exits with a message saying how to resume.
+Host<->device transfers happen at log and save steps only.
+"""
+
+from collections.abc import Callable, Sequence
+import pathlib
+import time
+from typing import Any
+
+from mmret.train import checkpoint as checkpoint_lib
+from mmret.train import metrics_log
+from mmret.train import preemption
+
+
+def run(state: Any, step_fn: Callable[[Any, Any], tuple[Any, dict]],
+        next_batch: Callable[[int], Any], *, first_step: int, num_steps: int, log_every: int,
+        checkpointer: checkpoint_lib.Checkpointer, data_iterator: Any,
+        logger: metrics_log.MetricsLogger, workdir: str | pathlib.Path,
+        print_keys: Sequence[str] = ()) -> tuple[Any, dict[str, float], float]:
+  """Runs steps first_step..num_steps (1-based, inclusive).
+
+  Args:
+    state: the train state going into step `first_step`.
+    step_fn: (state, device batch) -> (new state, metrics dict of device scalars).
+    next_batch: step -> the device batch of that step.
+    checkpointer / data_iterator: what is saved; the iterator's position travels with the state.
+    logger: prints `print_keys` and writes TensorBoard scalars at log steps.
+  Returns:
+    (final state, the last logged metrics as floats ({} if nothing ran), seconds spent).
+  """
+  last: dict[str, float] = {}
+  tic = time.perf_counter()
+  with preemption.PreemptionGuard(sync_every=log_every) as guard:
+    for step in range(first_step, num_steps + 1):
+      state, metrics = step_fn(state, next_batch(step))
+      save = checkpointer.should_save(step) or step == num_steps
+      stop = guard.should_stop(step)
+      if step % log_every == 0 or save or stop:
+        last = logger.log(step, metrics, print_keys=print_keys)
+      if save or stop:
+        checkpointer.save(step, state, data_iterator, force=True)
+      if stop:
+        checkpointer.close()
+        logger.close()
+        guard.exit(step, workdir)
+  return state, last, time.perf_counter() - tic
