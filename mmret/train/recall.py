@@ -33,7 +33,7 @@ from mmret.towers import recall as recall_model
 from mmret.train import checkpoint as checkpoint_lib
 from mmret.train import metrics_log
 from mmret.train import optimizer as optimizer_lib
-from mmret.train import preemption
+from mmret.train import loop
 from mmret.train import recall_data
 from mmret.train import recall_step
 from mmret.train import sharding as sharding_lib
@@ -179,27 +179,22 @@ def train_variant(config, fusion: str, ctx: Context, mesh, rules, workdir: pathl
                                         ctx.frozen, batch_keys, cold_dropout=cold_dropout,
                                         seed=config.seed)
   logger = metrics_log.MetricsLogger(workdir, prefix=f'{fusion} ')
-  guard = preemption.PreemptionGuard(sync_every=config.train.log_every)
-  start, last, t_train = int(state.step), {}, time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), guard:
-    for step in range(start + 1, num_steps + 1):
-      host = recall_data.train_batch(next(train_iter), ctx.maps, ctx.sampler,
-                                     num_negatives=config.negatives.num, seed=config.seed,
-                                     step=step)
-      state, metrics = step_fn(state, recall_step.to_device(host, mesh), ctx.frozen)
-      save = checkpointer.should_save(step) or step == num_steps
-      stop = guard.should_stop(step)
-      if step % config.train.log_every == 0 or save or stop:
-        last = logger.log(step, metrics, print_keys=(
+  start = int(state.step)
+
+  def next_batch(step):
+    # Negatives are drawn from (seed, step), so a resumed run draws the same ones.
+    host = recall_data.train_batch(next(train_iter), ctx.maps, ctx.sampler,
+                                   num_negatives=config.negatives.num, seed=config.seed,
+                                   step=step)
+    return recall_step.to_device(host, mesh)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state, last, train_seconds = loop.run(
+        state, lambda s, b: step_fn(s, b, ctx.frozen), next_batch, first_step=start + 1,
+        num_steps=num_steps, log_every=config.train.log_every, checkpointer=checkpointer,
+        data_iterator=train_iter, logger=logger, workdir=workdir, print_keys=(
             'loss/total', 'loss/softmax', 'loss/id_view', 'loss/content_view', 'loss/triplet',
             'train/gate_mean', 'train/gate_mean_dropped'))
-      if save or stop:
-        checkpointer.save(step, state, train_iter, force=True)
-      if stop:
-        checkpointer.close()
-        logger.close()
-        guard.exit(step, workdir)
-  train_seconds = time.perf_counter() - t_train
   checkpointer.close()
 
   results = evaluate_variant(ctx, model, state, config)
