@@ -7,7 +7,7 @@
     image token   per image: a trained image encoder (mmret.encoders.image.PatchEncoder,
                   `model.image_encoder`: 'linear' patch embedding | small per-patch 'resnet' |
                   'features' = precomputed batch['image_features']), mean over its patch
-                  tokens -> shared MLP phi; several images fused deep-sets style:
+                  tokens (after a GELU) -> shared MLP phi; several images fused deep-sets style:
                   LayerNorm(rho(mean of phi over the item's present images))
     context token numeric context -> masked BatchNorm -> MLP (mmret.encoders.context)
 
@@ -134,7 +134,7 @@ class EngageModel(nn.Module):
   # -- document tower ---------------------------------------------------------------------------
 
   def _image_embeddings(self, batch) -> jax.Array:
-    """One embedding per image: float32 [N, M, D] (mean over the image encoder's patch tokens).
+    """One embedding per image: float32 [N, M, D] = mean over patches of GELU(patch token).
 
     image uint8 [N, S, S, 3] or [N, M, S, S, 3] ('linear' / 'resnet'), or, in 'features' mode,
     batch['image_features'] float [N, M, F] (one precomputed vector per image) or
@@ -157,7 +157,10 @@ class EngageModel(nn.Module):
         image = image[:, None]
       n, m = image.shape[:2]
       tokens = self.image_encoder(image=image.reshape(n * m, *image.shape[2:]))  # [NM, P, D]
-    return jnp.mean(tokens.astype(jnp.float32), axis=1).reshape(n, m, -1)
+    # GELU before the mean: with the linear patch embedding a plain mean would be a linear map
+    # of the average patch (colour layout and texture averaged away); the mean of a
+    # nonlinearity is a bag of patch features ("how many patches look red / striped").
+    return jnp.mean(nn.gelu(tokens.astype(jnp.float32)), axis=1).reshape(n, m, -1)
 
   def _image_token(self, batch) -> tuple[jax.Array, jax.Array]:
     """Deep-sets fusion of an item's images -> (token [N, D], any image present bool [N])."""

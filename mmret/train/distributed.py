@@ -48,3 +48,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.distributed.initialize()  # JAX reads SLURM / Open MPI / TPU metadata itself
     return True
   return False
+
+
+def input_shard(process_sharding: str) -> tuple[int, int, bool]:
+  """(shard_count, shard_index, full_batches) of this process's training input.
+
+  'per_process': each process reads its own shard (rows index::count) and batch/count rows of
+  every step. 'global_batch': every process reads the whole global batch and keeps its devices'
+  rows of it (`full_batches`), so the run does not depend on the number of processes.
+  """
+  if process_sharding == 'global_batch':
+    return 1, 0, True
+  return jax.process_count(), jax.process_index(), False

@@ -42,10 +42,11 @@ from mmret.evaluate import auc as auc_lib
 from mmret.evaluate import retrieval
 from mmret.towers.engage import EngageModel
 from mmret.train import checkpoint as checkpoint_lib
+from mmret.train import distributed
 from mmret.train import engage_objective
 from mmret.train import metrics_log
 from mmret.train import optimizer as optimizer_lib
-from mmret.train import preemption
+from mmret.train import loop
 from mmret.train import sharding as sharding_lib
 from mmret.train import state as state_lib
 from mmret.train.pretrain import info, to_global
@@ -198,10 +199,8 @@ def train_one(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   model = EngageModel(config.model)
   tx = optimizer_lib.make_optimizer(config.optim, config.train.num_steps)
 
-  process_count, process_index = jax.process_count(), jax.process_index()
-  full_batches = config.data.process_sharding == 'global_batch'
-  if full_batches:
-    process_count, process_index = 1, 0
+  process_count, process_index, full_batches = distributed.input_shard(
+      config.data.process_sharding)  # full_batches: see to_global
   train_ds = engage_pages.engage_pages(
       examples, data.builder, data.tokenizer, batch_size=config.train.batch_size // process_count,
       seed=config.seed, num_negatives=config.data.num_negatives,
@@ -226,26 +225,15 @@ def train_one(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
 
   logger = metrics_log.MetricsLogger(workdir, prefix=config.log_prefix)
   step_fn = make_train_step(model, tx, config.loss, mesh, shardings, config.train.rng_impl)
-  t_train, examples_seen, last = time.perf_counter(), 0, {}
-  guard = preemption.PreemptionGuard(sync_every=config.train.log_every)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), guard:
-    for step in range(int(state.step) + 1, config.train.num_steps + 1):
-      batch = to_global(next(train_iter), mesh, full=full_batches)
-      state, metrics = step_fn(state, batch)
-      examples_seen += config.train.batch_size
-      save = checkpointer.should_save(step) or step == config.train.num_steps
-      stop = guard.should_stop(step)
-      # Metrics are checked (NaN/Inf -> NonFiniteError) before a checkpoint is written.
-      if step % config.train.log_every == 0 or save or stop:
-        last = logger.log(step, metrics, print_keys=(
-            'loss/total', 'loss/relevance', 'loss/engagement', 'train/accuracy'))
-      if save or stop:
-        checkpointer.save(step, state, train_iter, force=True)
-      if stop:
-        checkpointer.close()
-        logger.close()
-        guard.exit(step, workdir)
-  train_seconds = time.perf_counter() - t_train
+  start = int(state.step)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state, last, train_seconds = loop.run(
+        state, step_fn, lambda step: to_global(next(train_iter), mesh, full=full_batches),
+        first_step=start + 1, num_steps=config.train.num_steps,
+        log_every=config.train.log_every, checkpointer=checkpointer, data_iterator=train_iter,
+        logger=logger, workdir=workdir,
+        print_keys=('loss/total', 'loss/relevance', 'loss/engagement', 'train/accuracy'))
+  examples_seen = (config.train.num_steps - start) * config.train.batch_size
   checkpointer.close()
 
   t_eval = time.perf_counter()

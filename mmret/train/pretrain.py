@@ -24,6 +24,7 @@ from mmret.towers import masking
 from mmret.towers.pretrain import PretrainModel
 from mmret.towers.pretrain import set_codebook
 from mmret.train import checkpoint as checkpoint_lib
+from mmret.train import distributed
 from mmret.train import metrics_log
 from mmret.train import objectives
 from mmret.train import optimizer as optimizer_lib
@@ -144,10 +145,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   model = PretrainModel(config.model)
   tx = optimizer_lib.make_optimizer(config.optim, config.train.num_steps)
 
-  process_count, process_index = jax.process_count(), jax.process_index()
-  full_batches = config.data.process_sharding == 'global_batch'
-  if full_batches:  # every process reads the whole global batch (see to_global)
-    process_count, process_index = 1, 0
+  process_count, process_index, full_batches = distributed.input_shard(
+      config.data.process_sharding)  # full_batches: see to_global
   train_ds = pipelines.pretrain_pairs(
       data.builder, data.tokenizer, batch_size=config.train.batch_size // process_count,
       seed=config.seed, query_len=config.data.query_len, title_len=config.data.title_len,
