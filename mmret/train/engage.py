@@ -44,9 +44,9 @@ from mmret.towers.engage import EngageModel
 from mmret.train import checkpoint as checkpoint_lib
 from mmret.train import distributed
 from mmret.train import engage_objective
+from mmret.train import loop
 from mmret.train import metrics_log
 from mmret.train import optimizer as optimizer_lib
-from mmret.train import loop
 from mmret.train import sharding as sharding_lib
 from mmret.train import state as state_lib
 from mmret.train.pretrain import info, to_global

@@ -25,10 +25,10 @@ from mmret.towers.pretrain import PretrainModel
 from mmret.towers.pretrain import set_codebook
 from mmret.train import checkpoint as checkpoint_lib
 from mmret.train import distributed
+from mmret.train import loop
 from mmret.train import metrics_log
 from mmret.train import objectives
 from mmret.train import optimizer as optimizer_lib
-from mmret.train import loop
 from mmret.train import sharding as sharding_lib
 from mmret.train import state as state_lib
 

@@ -31,9 +31,9 @@ from mmret.evaluate import retrieval
 from mmret.evaluate import search
 from mmret.towers import recall as recall_model
 from mmret.train import checkpoint as checkpoint_lib
+from mmret.train import loop
 from mmret.train import metrics_log
 from mmret.train import optimizer as optimizer_lib
-from mmret.train import loop
 from mmret.train import recall_data
 from mmret.train import recall_step
 from mmret.train import sharding as sharding_lib
