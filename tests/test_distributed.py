@@ -1,6 +1,7 @@
 """Two CPU processes through jax.distributed (coordinator on localhost) train exactly what one
 process trains on the same global batches."""
 
+import json
 import os
 import pathlib
 import socket
@@ -56,6 +57,69 @@ def test_two_processes_equal_one_process(tmp_path):
   for k in one:
     # Same batches and keys; only the cross-process reduction order differs.
     np.testing.assert_allclose(one[k], two[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_engage_job_two_processes_equal_one_process(tmp_path):
+  """The Que2Engage job across two processes: same training, and its evaluation gathers the
+  vectors that the data axis splits over the processes."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  env.pop('XLA_FLAGS', None)
+  cache = tmp_path / 'cache'
+
+  def command(workdir, *extra):
+    return [sys.executable, '-m', 'mmret.launch', '--config', 'configs/engage.py:tiny',
+            '--workdir', str(workdir), f'--config.data.cache_dir={cache}',
+            '--config.data.process_sharding=global_batch', *extra]
+
+  single = subprocess.run(command(tmp_path / 'one'), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  port = _free_port()
+  procs = [subprocess.Popen(command(tmp_path / 'two', f'--coordinator_address=localhost:{port}',
+                                    '--num_processes=2', f'--process_id={i}'),
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "mesh {'data': 2, 'model': 1}" in outs[0][0]
+  one = json.loads((tmp_path / 'one' / 'results.json').read_text())
+  two = json.loads((tmp_path / 'two' / 'results.json').read_text())
+  np.testing.assert_allclose(two['loss/total'], one['loss/total'], rtol=1e-5)
+  for key in ('engagement_auc', 'relevance_auc', 'recall@100/exact', 'no_text/engagement_auc'):
+    np.testing.assert_allclose(two[key], one[key], atol=1e-3, err_msg=key)
+
+
+def test_recall_job_two_processes_equal_one_process(tmp_path):
+  """Stage 1 then stage 2 across two processes: row-sharded ID tables over a data axis that
+  spans the processes give the metrics of one process."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  env.pop('XLA_FLAGS', None)
+  cache = tmp_path / 'cache'
+
+  def command(workdir, *extra):
+    return [sys.executable, '-m', 'mmret.launch', '--config', 'configs/recall.py:tiny',
+            '--workdir', str(workdir), f'--config.stage1.data.cache_dir={cache}',
+            '--config.stage1.data.process_sharding=global_batch',
+            '--config.stage1.eval.baselines=()', '--config.variants=("gate_add",)', *extra]
+
+  single = subprocess.run(command(tmp_path / 'one'), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  port = _free_port()
+  procs = [subprocess.Popen(command(tmp_path / 'two', f'--coordinator_address=localhost:{port}',
+                                    '--num_processes=2', f'--process_id={i}'),
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  one = json.loads((tmp_path / 'one' / 'results.json').read_text())
+  two = json.loads((tmp_path / 'two' / 'results.json').read_text())
+  assert one.keys() == two.keys()
+  for key in one:
+    if 'perf/' not in key:
+      np.testing.assert_allclose(two[key], one[key], atol=1e-4, err_msg=key)
 
 
 @pytest.mark.parametrize('env, expected', [
