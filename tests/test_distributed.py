@@ -25,31 +25,44 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _command(workdir, cache, *extra):
-  return [sys.executable, '-m', 'mmret.launch', '--config', 'configs/pretrain.py:tiny',
-          '--workdir', str(workdir), f'--config.data.cache_dir={cache}',
-          f'--config.train.num_steps={STEPS}', f'--config.train.checkpoint_every={STEPS}',
-          '--config.data.process_sharding=global_batch', '--config.eval.baselines=()', *extra]
+def _launch(config: str, *args: str) -> list[str]:
+  return [sys.executable, '-m', 'mmret.launch', '--config', config, *args]
 
 
-def test_two_processes_equal_one_process(tmp_path):
+def run_one_and_two_processes(tmp_path, command) -> list[str]:
+  """Runs command(workdir) in one process (tmp_path/one), then in two processes through
+  jax.distributed with a coordinator on localhost (tmp_path/two). Returns process 0's stdout.
+
+  The one-process run goes first, so the data is prepared once and the two processes only read
+  it. One CPU device per process.
+  """
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  env.pop('XLA_FLAGS', None)  # one CPU device per process
-  cache = tmp_path / 'cache'
-  # The data is prepared once first, so the two processes below only read it.
-  single = subprocess.run(_command(tmp_path / 'one', cache), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+  env.pop('XLA_FLAGS', None)
+  single = subprocess.run(command(tmp_path / 'one'), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
   port = _free_port()
-  procs = [subprocess.Popen(_command(tmp_path / 'two', cache,
-                                     f'--coordinator_address=localhost:{port}',
-                                     '--num_processes=2', f'--process_id={i}'),
+  procs = [subprocess.Popen(command(tmp_path / 'two') + [
+      f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for i in range(2)]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  assert "mesh {'data': 2, 'model': 1}" in outs[0][0]  # one device in each process
+  return outs[0][0]
+
+
+def _results(workdir):
+  return json.loads((workdir / 'results.json').read_text())
+
+
+def test_two_processes_equal_one_process(tmp_path):
+  cache = tmp_path / 'cache'
+  out = run_one_and_two_processes(tmp_path, lambda workdir: _launch(
+      'configs/pretrain.py:tiny', '--workdir', str(workdir), f'--config.data.cache_dir={cache}',
+      f'--config.train.num_steps={STEPS}', f'--config.train.checkpoint_every={STEPS}',
+      '--config.data.process_sharding=global_batch', '--config.eval.baselines=()'))
+  assert "mesh {'data': 2, 'model': 1}" in out  # one device in each process
   reference = restore_state(tmp_path / 'one', STEPS)
   one = final_params(tmp_path / 'one', STEPS)
   two = final_params(tmp_path / 'two', STEPS, like=reference)
@@ -62,29 +75,12 @@ def test_two_processes_equal_one_process(tmp_path):
 def test_engage_job_two_processes_equal_one_process(tmp_path):
   """The Que2Engage job across two processes: same training, and its evaluation gathers the
   vectors that the data axis splits over the processes."""
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  env.pop('XLA_FLAGS', None)
   cache = tmp_path / 'cache'
-
-  def command(workdir, *extra):
-    return [sys.executable, '-m', 'mmret.launch', '--config', 'configs/engage.py:tiny',
-            '--workdir', str(workdir), f'--config.data.cache_dir={cache}',
-            '--config.data.process_sharding=global_batch', *extra]
-
-  single = subprocess.run(command(tmp_path / 'one'), cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-  assert single.returncode == 0, single.stderr[-3000:]
-  port = _free_port()
-  procs = [subprocess.Popen(command(tmp_path / 'two', f'--coordinator_address=localhost:{port}',
-                                    '--num_processes=2', f'--process_id={i}'),
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
-  assert "mesh {'data': 2, 'model': 1}" in outs[0][0]
-  one = json.loads((tmp_path / 'one' / 'results.json').read_text())
-  two = json.loads((tmp_path / 'two' / 'results.json').read_text())
+  out = run_one_and_two_processes(tmp_path, lambda workdir: _launch(
+      'configs/engage.py:tiny', '--workdir', str(workdir), f'--config.data.cache_dir={cache}',
+      '--config.data.process_sharding=global_batch'))
+  assert "mesh {'data': 2, 'model': 1}" in out
+  one, two = _results(tmp_path / 'one'), _results(tmp_path / 'two')
   np.testing.assert_allclose(two['loss/total'], one['loss/total'], rtol=1e-5)
   for key in ('engagement_auc', 'relevance_auc', 'recall@100/exact', 'no_text/engagement_auc'):
     np.testing.assert_allclose(two[key], one[key], atol=1e-3, err_msg=key)
@@ -93,29 +89,13 @@ def test_engage_job_two_processes_equal_one_process(tmp_path):
 def test_recall_job_two_processes_equal_one_process(tmp_path):
   """Stage 1 then stage 2 across two processes: row-sharded ID tables over a data axis that
   spans the processes give the metrics of one process."""
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  env.pop('XLA_FLAGS', None)
   cache = tmp_path / 'cache'
-
-  def command(workdir, *extra):
-    return [sys.executable, '-m', 'mmret.launch', '--config', 'configs/recall.py:tiny',
-            '--workdir', str(workdir), f'--config.stage1.data.cache_dir={cache}',
-            '--config.stage1.data.process_sharding=global_batch',
-            '--config.stage1.eval.baselines=()', '--config.variants=("gate_add",)', *extra]
-
-  single = subprocess.run(command(tmp_path / 'one'), cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-  assert single.returncode == 0, single.stderr[-3000:]
-  port = _free_port()
-  procs = [subprocess.Popen(command(tmp_path / 'two', f'--coordinator_address=localhost:{port}',
-                                    '--num_processes=2', f'--process_id={i}'),
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
-  one = json.loads((tmp_path / 'one' / 'results.json').read_text())
-  two = json.loads((tmp_path / 'two' / 'results.json').read_text())
+  run_one_and_two_processes(tmp_path, lambda workdir: _launch(
+      'configs/recall.py:tiny', '--workdir', str(workdir),
+      f'--config.stage1.data.cache_dir={cache}',
+      '--config.stage1.data.process_sharding=global_batch', '--config.stage1.eval.baselines=()',
+      '--config.variants=("gate_add",)'))
+  one, two = _results(tmp_path / 'one'), _results(tmp_path / 'two')
   assert one.keys() == two.keys()
   for key in one:
     if 'perf/' not in key:
