@@ -78,8 +78,8 @@ def relevance_at_k(grades: np.ndarray, k: int) -> dict[str, float]:
   return out
 
 
-def roc_auc(scores: np.ndarray, labels: np.ndarray,
-            weights: np.ndarray | None = None) -> float:
+def roc_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None, *,
+            where: np.ndarray | None = None) -> float:
   """Weighted ROC-AUC: P(score of a positive > score of a negative), ties counting one half.
 
   The rank (Mann-Whitney) form with average ranks for ties, generalised to weights: each
@@ -90,9 +90,10 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray,
     scores: float [M].
     labels: [M], truthy = positive.
     weights: optional float [M] >= 0 (e.g. query frequency); None = all 1.
+    where: optional bool [M]: only these rows count (e.g. the graded ones).
 
   Returns:
-    AUC in [0, 1]; NaN when either class has zero total weight.
+    AUC in [0, 1]; NaN when either class has zero total weight (undefined there).
   """
   scores = np.asarray(scores, np.float64).ravel()
   labels = np.asarray(labels).ravel().astype(bool)
@@ -101,6 +102,11 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray,
   if not scores.shape == labels.shape == weights.shape:
     raise ValueError(f'shapes differ: scores {scores.shape}, labels {labels.shape}, '
                      f'weights {weights.shape}.')
+  if where is not None:
+    keep = np.asarray(where, bool).ravel()
+    scores, labels, weights = scores[keep], labels[keep], weights[keep]
+  if not np.all(np.isfinite(scores)):
+    raise ValueError('roc_auc: scores must be finite.')
   pos_w = np.where(labels, weights, 0.0)
   neg_w = np.where(labels, 0.0, weights)
   total_pos, total_neg = pos_w.sum(), neg_w.sum()

@@ -39,7 +39,7 @@ import optax
 from mmret.data import engage_pages
 from mmret.data import pipelines
 from mmret.data import prepare as prepare_lib
-from mmret.evaluate import auc as auc_lib
+from mmret.evaluate import metrics as metrics_lib
 from mmret.evaluate import retrieval
 from mmret.towers.engage import EngageModel
 from mmret.train import checkpoint as checkpoint_lib
@@ -181,8 +181,9 @@ class EngageEvaluator:
       prefix = ''.join(f'no_{m}/' for m in remove)
       items = self.item_vectors(params, remove)
       scores = np.sum(imp_q * items[imp.item], axis=1)                     # cos, [I]
-      results[prefix + 'engagement_auc'] = auc_lib.roc_auc(imp.engaged, scores)
-      results[prefix + 'relevance_auc'] = auc_lib.roc_auc(relevant, scores, where=graded)
+      results[prefix + 'engagement_auc'] = metrics_lib.roc_auc(scores, imp.engaged)
+      results[prefix + 'relevance_auc'] = metrics_lib.roc_auc(scores, relevant,
+                                                              where=graded)
       evaluator = retrieval.RetrievalEvaluator(
           lambda _: recall_q, lambda _, items=items: items, eval_set,
           ks=tuple(self.config.eval.ks), scann=self.config.eval.scann and not remove)

@@ -38,11 +38,7 @@ from mmret.train import recall_data
 from mmret.train import recall_step
 from mmret.train import sharding as sharding_lib
 from mmret.train import stage1_vectors
-
-
-def info(message: str) -> None:
-  if jax.process_index() == 0:
-    print(message, flush=True)
+from mmret.train.pretrain import info
 
 
 def row_optimizer(c: ml_collections.ConfigDict) -> sparse_optim.RowOptimizer:
