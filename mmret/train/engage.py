@@ -31,7 +31,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
@@ -104,14 +103,6 @@ def make_train_step(model, tx, loss, mesh, state_shardings, rng_impl: str = 'rbg
                  donate_argnums=(0,))
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-  """The whole array on this host. The model's `batch` constraints shard eval outputs over the
-  data axis, which spans processes in a multi-process job: gather them first."""
-  if x.is_fully_addressable or x.is_fully_replicated:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 class EngageEvaluator:
   """Engagement / relevance ROC-AUC and Recall@K of a Que2Engage model, also with one modality
   removed. `EngageEvaluator(model, data, config, constants).run(params) -> {metric: value}`."""
@@ -135,7 +126,7 @@ class EngageEvaluator:
     for batch in batches:
       batch = dict(batch)
       valid = np.asarray(batch.pop('valid'))
-      out.append(_to_host(fn(params, batch))[valid])
+      out.append(distributed.to_host(fn(params, batch))[valid])
     return np.concatenate(out).astype(np.float32)
 
   def query_vectors(self, params, texts: list[str]) -> np.ndarray:

@@ -107,7 +107,7 @@ class VectorExtractor:
     out = []
     for batch in batches:
       valid = np.asarray(batch.pop('valid'))
-      vecs = np.asarray(fn(params, batch))
+      vecs = distributed.to_host(fn(params, batch))
       out.append(vecs[valid])
     return np.concatenate(out).astype(np.float32)
 
