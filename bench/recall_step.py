@@ -3,7 +3,7 @@ r"""Times the stage-2 recall train step as the item ID table grows (DESIGN.md §
 The step must cost what its batch touches (B*P positives + S shared negatives), not what the
 tables hold: ID rows are gathered, differentiated and scattered back row-sparsely, the frozen
 per-item inputs are gathered, and negatives are sampled on the host from a precomputed CDF.
-For each table size this builds the full jitted step of mmret.train.recall_step (the `add`
+For each table size this builds the full jitted step of mmret/jobs/recall/step.py (the `add`
 fusion, row-wise Adagrad on the ID tables, state donated), runs warm-up steps, then reports
 the median wall time of `--steps` steps (each ended by block_until_ready), and finally the
 ratio of the largest table's step time to the smallest's.
@@ -33,15 +33,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from mmret.config import load_config  # pylint: disable=g-import-not-at-top
 from mmret.embeddings import tables
+from mmret import ops
+from mmret.jobs.recall import data as recall_data
+from mmret.jobs.recall import step as recall_step
 from mmret.towers import recall as recall_model
 from mmret.train import optimizer as optimizer_lib
-from mmret.train import recall as recall_job
-from mmret.train import recall_data
-from mmret.train import recall_step
 from mmret.train import sharding as sharding_lib
-
-BATCH_KEYS = ('query_index', 'query_rows', 'positives', 'positive_rows', 'positive_mask',
-              'positive_log_q', 'negatives', 'negative_rows', 'negative_log_q')
 
 
 def build(num_items: int, args, config, mesh, rules):
@@ -52,8 +49,8 @@ def build(num_items: int, args, config, mesh, rules):
   tx = optimizer_lib.make_optimizer(config.optim, 1000)
   with config.unlocked():
     config.id_optim.name = args.id_optim
-  row_opt = recall_job.row_optimizer(config.id_optim)
-  state = recall_job.create_state(
+  row_opt = recall_step.row_optimizer(config.id_optim)
+  state = recall_step.create_state(
       model, tx, row_opt, mesh, rules, num_query_rows=args.query_rows,
       num_item_rows=num_items, dim=config.model.dim, mm_dim=args.mm_dim,
       rng=jax.random.key(0), table_scale=0.05)
@@ -64,15 +61,15 @@ def build(num_items: int, args, config, mesh, rules):
       'query_vectors': tables.create_table(jax.random.key(1), args.query_rows, args.mm_dim, s2),
       'item_vectors': tables.create_table(jax.random.key(2), num_items, args.mm_dim, s2),
       'item_stats': tables.create_table(jax.random.key(3), num_items, 3, s2, scale=1.0),
-      'item_category': jax.jit(lambda: jnp.zeros((tables.padded_rows(
+      'item_category': jax.jit(lambda: jnp.zeros((ops.padded_size(
           num_items, tables.shard_count(s1)),), jnp.int32), out_shardings=s1)(),
       # Cold rows (--cold_dropout): the last rows stand in for the hashed buckets.
-      'item_cold_rows': jax.jit(lambda: num_items - 1 - jnp.arange(tables.padded_rows(
+      'item_cold_rows': jax.jit(lambda: num_items - 1 - jnp.arange(ops.padded_size(
           num_items, tables.shard_count(s1)), dtype=jnp.int32) % min(1024, num_items),
                                 out_shardings=s1)(),
   }
   step = recall_step.make_train_step(model, tx, row_opt, config.loss, mesh, state, frozen,
-                                     BATCH_KEYS, cold_dropout=args.cold_dropout)
+                                     recall_data.BATCH_KEYS, cold_dropout=args.cold_dropout)
   # Zipf-like clicks over the catalog: the sampler's CDF is built once, O(N), outside the step.
   rs = np.random.default_rng(0)
   clicks = rs.zipf(1.3, num_items).astype(np.float64)
@@ -94,7 +91,9 @@ def build(num_items: int, args, config, mesh, rules):
 
 def time_size(num_items: int, args, config, mesh, rules) -> dict:
   state, frozen, step, host_batch = build(num_items, args, config, mesh, rules)
-  batches = [recall_step.to_device(host_batch(i), mesh) for i in range(args.warmup + args.steps)]
+  batches = [sharding_lib.to_device(host_batch(i), mesh, full=True,
+                                    replicated_keys=recall_step.REPLICATED_BATCH_KEYS)
+             for i in range(args.warmup + args.steps)]
   # Host side of a step (negative sampling from the CDF, ID -> row maps), timed apart.
   tic = time.perf_counter()
   for i in range(20):

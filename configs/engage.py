@@ -7,8 +7,9 @@ source's Table 1: five rows x 3 seeds, one command; ~15 min on 2 CPU cores, see 
   python -m mmret.launch --config configs/engage.py:ablation --workdir /tmp/q2e_ablation
   python -m mmret.launch --config configs/engage.py:tiny --workdir /tmp/q2e_tiny
 
-Rows of the ablation (mmret/train/engage.py ABLATION_ROWS, cumulative): contrastive (no context
-token, in-batch negatives, relevance loss) -> context (+ context token) -> mixed_negatives
+Rows of the ablation (ABLATION_ROWS below, cumulative, run by the generic sweep of
+mmret/jobs/sweep.py): contrastive (no context token, in-batch negatives, relevance loss) ->
+context (+ context token) -> mixed_negatives
 (+ page negatives in the softmax) -> multitask (lambda = (0.8, 0.2)) -> multitask_dropout
 (+ modality dropout delta = (text 0.5, image 0, context 0.5)).
 """
@@ -18,6 +19,23 @@ import ml_collections
 from mmret.data import synthshop
 
 _VARIANTS = ('tiny', 'default', 'ablation')
+
+# The rows of the source's Table 1, as overrides of the full model (None = the full model's
+# value, e.g. its number of page negatives).
+ABLATION_ROWS = {
+    # Que2Search-like: no context token, in-batch negatives, relevance loss only.
+    'contrastive': {
+        'model': {'context_token': False,
+                  'modality_dropout': {'text': 0.0, 'image': 0.0, 'context': 0.0}},
+        'loss': {'mixed_negatives': False, 'weights': {'relevance': 1.0, 'engagement': 0.0}},
+        'data': {'num_negatives': 0}},
+    'context': {'model': {'context_token': True}},
+    'mixed_negatives': {'loss': {'mixed_negatives': True}, 'data': {'num_negatives': None}},
+    'multitask': {'loss': {'weights': {'relevance': 0.8, 'engagement': 0.2}}},
+    'multitask_dropout': {'model': {'modality_dropout': {'text': 0.5, 'image': 0.0,
+                                                         'context': 0.5}}},
+}
+ABLATION_ORDER = ('contrastive', 'context', 'mixed_negatives', 'multitask', 'multitask_dropout')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -48,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.max_page_negatives = 32  # kept per page; each pass draws H of them
 
   c.model = ml_collections.ConfigDict()
-  c.model.vocab_size = 2000  # overwritten from the tokenizer by the job
+  # The vocabulary comes from the tokenizer; its table is padded to a multiple of this.
   c.model.vocab_pad_multiple = 128
   # The shared encoder (mmret.encoders.transformer), trained from scratch at a CPU size.
   c.model.width = 32 if tiny else 64
@@ -111,11 +129,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.scann = True
   c.eval.relevant_min_grade = 2  # relevance AUC: grade 2 (exact) relevant; 0 and 1 not
 
-  c.ablation = ml_collections.ConfigDict()
-  c.ablation.rows = (('contrastive', 'context', 'mixed_negatives', 'multitask',
-                      'multitask_dropout') if variant == 'ablation' else ())
-  c.ablation.seeds = (0, 1, 2)
-  c.ablation.compilation_cache = True
+  # The ablation of the source's Table 1 (mmret/jobs/sweep.py): five rows x 3 seeds, each row
+  # adding its overrides to those above it. `sweep.rows` empty = one model.
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.title = 'Que2Engage ablation: AUC, then with one modality removed at inference'
+  c.sweep.order = ABLATION_ORDER
+  c.sweep.rows = ABLATION_ORDER if variant == 'ablation' else ()
+  c.sweep.overrides = ml_collections.ConfigDict(ABLATION_ROWS)
+  c.sweep.cumulative = True
+  c.sweep.seeds = (0, 1, 2)
+  c.sweep.tables = (('engagement_auc', 'relevance_auc'),
+                    ('no_text/engagement_auc', 'no_text/relevance_auc'),
+                    ('no_image/engagement_auc', 'no_image/relevance_auc'),
+                    ('no_context/engagement_auc', 'no_context/relevance_auc'))
+  c.sweep.compilation_cache = True  # seeds of a row compile the same programs: compile once
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1)

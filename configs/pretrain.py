@@ -12,7 +12,6 @@ Variants: `tiny` (tests, seconds), `default` (the CPU demo run by `python -m mmr
 import ml_collections
 
 from mmret.data import synthshop
-from mmret.towers.config import model_config
 
 _VARIANTS = ('tiny', 'default', 'base')
 
@@ -95,4 +94,64 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.axis_rules = (
       ('batch', 'data'), ('vocab', 'model'), ('mlp', 'model'), ('heads', 'model'),
       ('embed', None), ('kv', None), ('length', None), ('patch', None), ('classes', None))
+  return c
+
+
+def model_config(variant: str) -> ml_collections.ConfigDict:
+  """The `model` section (mmret.towers.pretrain.PretrainModel) of a variant:
+    'tiny'     tests: width 32, 2 shared layers, 1 cross-modal layer, random init.
+    'default'  CPU demo: the all-MiniLM-L6-v2 shape (384 wide, 6 layers, 12 heads, MLP 1536),
+               initialised from MiniLM, 1 cross-modal layer.
+    'base'     BERT-base shape (768 / 12 layers / 12 heads / 3072), 2 cross-modal layers.
+  The vocabulary size and [MASK] id come from the tokenizer (data.tokenizer), not from here.
+  """
+  tiny, base = variant == 'tiny', variant == 'base'
+  c = ml_collections.ConfigDict()
+  # 'minilm': copy all-MiniLM-L6-v2 into the shared encoder (needs the MiniLM shape and
+  # vocabulary); 'random': BERT-style random init.
+  c.text_init = 'random' if tiny else ('minilm' if variant == 'default' else 'random')
+  # Embedding / MLM-output rows are vocab_size rounded up to this multiple, so that a `model`
+  # mesh axis of any size dividing it can shard them (the extra rows are never looked up).
+  c.vocab_pad_multiple = 128
+
+  # Shared (query + item tower) encoder.
+  c.width = 32 if tiny else (768 if base else 384)
+  c.depth = 2 if tiny else (12 if base else 6)
+  c.heads = 4 if tiny else 12
+  c.mlp_dim = 64 if tiny else (3072 if base else 1536)
+  c.max_len = 64 if tiny else 512
+  c.dropout = 0.1
+  c.dtype = 'bfloat16' if base else 'float32'  # compute dtype; params are always float32
+  c.remat = base
+  c.scan = False
+  # Cross-modal encoder (same width / heads / MLP as the shared encoder, its own weights).
+  c.cross_depth = 2 if base else 1
+
+  # Image patch tokens.
+  c.image_encoder = 'linear' if tiny else 'resnet'  # 'resnet' | 'linear' | 'features'
+  c.patch_size = 8
+  c.resnet_channels = 8 if tiny else 32
+  c.resnet_blocks = 1 if tiny else 2
+  c.resnet_groups = 4 if tiny else 8
+  c.patch_feature_dim = 0  # F of batch['patch_features'] ('features' mode only)
+
+  # Retrieval vectors.
+  c.pooling = 'mean'       # 'mean' (source's choice) | 'cls'
+  c.normalize = True       # L2-normalise query_vec / item_vec ('encoder' space; 'qic' always is)
+  # 'encoder': the pooled encoder output (D-dim) is the retrieval vector, as the source extracts
+  # it; 'qic': its 256-d QIC projection, the space the in-batch contrastive loss trains.
+  c.retrieval_space = 'encoder'
+
+  c.qic_dim = 16 if tiny else 256
+
+  # Pre-training tasks.
+  c.mlm_prob = 0.15
+  # Gathered MLM positions per sequence: about 15% of the typical length, plus one.
+  c.mlm_max_predictions_query = 3 if variant == 'default' else 4
+  c.mlm_max_predictions_title = 5 if variant == 'default' else 8
+  c.mpm_prob = 0.25
+  c.mpm_max_predictions = 8
+  c.mpm_classes = 8 if tiny else 64
+  c.mpm_grid = 2            # colour feature: grid x grid cells x RGB per patch
+  c.mpm_temperature = 0.05  # of the soft assignment to the codebook (squared distances)
   return c

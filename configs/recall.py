@@ -43,11 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.variants = ('id_only', 'mm_only', 'add', 'concat', 'gate_add', 'gate_concat')
 
   c.model = ml_collections.ConfigDict()
-  c.model.fusion = 'add'        # overwritten per variant
   c.model.dim = 16 if tiny else 64
   c.model.gate_hidden = 16
   c.model.use_category = False  # category embedding in the content / MM part
-  c.model.num_categories = 0    # set from the data
 
   c.ids = ml_collections.ConfigDict()
   # Unseen IDs (eval-only queries, items without a train impression) hash into these buckets;
@@ -72,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.num_steps = 4 if tiny else 300
   c.train.log_every = 2 if tiny else 50
   c.train.checkpoint_every = 2 if tiny else 100
-  # Cold-start dropout (DropoutNet, Volkovs et al. 2017; mmret/train/recall_step.py): each item
+  # Cold-start dropout (DropoutNet, Volkovs et al. 2017; mmret/jobs/recall/step.py): each item
   # occurrence of a step (positive or sampled negative) is, with this probability, presented as
   # a cold item is at eval: zero statistics and the ID row its ID would hash to if unseen, its
   # own row not updated. Cold items (no train impression) otherwise give the gate an input it

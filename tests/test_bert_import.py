@@ -6,17 +6,25 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 from safetensors.numpy import load_file
 
 from mmret import pretrained
+from mmret.config import load_config
 from mmret.encoders import bert_import
 from mmret.encoders.transformer import Transformer
 from mmret.towers import heads
-from mmret.towers.config import model_config, transformer_config
+from mmret.towers.config import transformer_config
 from mmret.towers.pretrain import PretrainModel
 
 _erf = np.vectorize(math.erf)
+
+MINILM_VOCAB = 30522
+
+def model_config(variant: str) -> ml_collections.ConfigDict:
+  """The `model` section of configs/pretrain.py:<variant>, as an unlocked copy."""
+  return ml_collections.ConfigDict(load_config(f'configs/pretrain.py:{variant}').model.to_dict())
 
 
 @pytest.fixture(scope='module')
@@ -81,7 +89,7 @@ def test_load_hf_bert_shapes(minilm):
 
 
 def _abstract_variables(variant, ids, mask):
-  model = PretrainModel(model_config(variant))
+  model = PretrainModel(model_config(variant), vocab_size=MINILM_VOCAB, mask_token_id=103)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), _pair_batch(ids, mask),
                                            train=False))
 
@@ -98,7 +106,7 @@ def test_minilm_in_pretrain_model_matches_numpy_bert(minilm):
   # checked are those the model really has; the query tower is then run on the result.
   variables = bert_import.init_text_encoder_from_minilm(
       _abstract_variables('default', ids, mask), path)
-  encoder = Transformer(transformer_config(model_config('default')))
+  encoder = Transformer(transformer_config(model_config('default'), MINILM_VOCAB))
 
   @jax.jit
   def encode_query(params, ids, mask):

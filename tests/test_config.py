@@ -5,7 +5,8 @@ import textwrap
 import ml_collections
 import pytest
 
-from mmret.config import ConfigError, apply_overrides, load_config, validate
+from mmret.config import ConfigError, apply_overrides, load_config
+from mmret.jobs import validate
 
 
 @pytest.fixture

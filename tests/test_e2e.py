@@ -48,7 +48,8 @@ def test_tiny_run_writes_every_metric(tiny_run):
   # Checkpoints, TensorBoard events and the resolved config are in the workdir.
   assert (workdir / 'checkpoints' / '4').is_dir()
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
-  assert json.loads((workdir / 'config.json').read_text())['model']['vocab_size'] > 0
+  resolved = json.loads((workdir / 'config.json').read_text())
+  assert resolved['job'] == 'pretrain' and resolved['model']['width'] == 32
 
 
 def test_rerun_resumes_from_the_last_checkpoint(tiny_run):

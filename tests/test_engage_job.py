@@ -1,5 +1,5 @@
-"""The Que2Engage job end to end on the tiny config: one model, the ablation driver (rows x
-seeds, aggregate, resume), the page pipeline's contract, config validation."""
+"""The Que2Engage job end to end on the tiny config: one model, the ablation as a generic sweep
+(rows x seeds, aggregate, resume), the page pipeline's contract, config validation."""
 
 import json
 
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from mmret import jobs
-from mmret.config import ConfigError, load_config, validate
-from mmret.data import engage_pages
+from mmret.config import ConfigError, load_config
 from mmret.data import prepare as prepare_lib
-from mmret.train import engage
+from mmret.jobs import sweep
+from mmret.jobs import validate
+from mmret.jobs.engage import data as engage_pages
 
 
 @pytest.fixture(scope='module')
@@ -72,8 +73,8 @@ def test_tiny_job_resumes_and_results_are_finite(cache, tmp_path, capsys):
 
 
 def test_tiny_ablation_aggregates_and_resumes(cache, tmp_path, capsys):
-  config = tiny(cache, **{'ablation.rows': ('contrastive', 'multitask_dropout'),
-                          'ablation.seeds': (0, 1), 'ablation.compilation_cache': False,
+  config = tiny(cache, **{'sweep.rows': ('contrastive', 'multitask_dropout'),
+                          'sweep.seeds': (0, 1), 'sweep.compilation_cache': False,
                           'train.num_steps': 2})
   results = jobs.run(config, tmp_path)
   for row in ('contrastive', 'multitask_dropout'):
@@ -103,7 +104,8 @@ def test_tiny_ablation_aggregates_and_resumes(cache, tmp_path, capsys):
     ('loss.weights.engagement', -0.2, 'loss.weights.engagement'),
     ('loss.scale', 0.0, 'loss.scale'),
     ('data.num_negatives', 0, 'loss.mixed_negatives'),
-    ('ablation.rows', ('contrastive', 'bogus'), 'ablation.rows'),
+    ('sweep.rows', ('contrastive', 'bogus'), 'sweep.rows'),
+    ('sweep.order', ('contrastive',), 'sweep.order'),
 ])
 def test_validation_names_the_key(key, value, match):
   config = load_config('configs/engage.py:tiny', {key: value})
@@ -114,8 +116,23 @@ def test_validation_names_the_key(key, value, match):
 def test_row_config_is_cumulative():
   config = load_config('configs/engage.py:ablation')
   validate(config, num_devices=1)
-  mixed = engage.row_config(config, 'mixed_negatives', seed=2)
+  mixed = sweep.row_config(config, 'mixed_negatives', seed=2)
   assert mixed.model.context_token and mixed.loss.mixed_negatives
   assert mixed.data.num_negatives == config.data.num_negatives
   assert mixed.loss.weights.engagement == 0.0 and mixed.model.modality_dropout.text == 0.0
-  assert mixed.seed == 2 and not mixed.ablation.rows
+  assert mixed.seed == 2 and not mixed.sweep.rows
+  # Cumulative, 'context' inherits contrastive's in-batch-only softmax; alone, it does not.
+  assert not sweep.row_config(config, 'context', seed=0).loss.mixed_negatives
+  with config.unlocked():
+    config.sweep.cumulative = False
+  alone = sweep.row_config(config, 'context', seed=0)
+  assert alone.loss.mixed_negatives and alone.model.context_token
+  assert alone.data.num_negatives == config.data.num_negatives
+
+
+def test_sweep_rejects_an_override_of_a_missing_key():
+  config = load_config('configs/engage.py:ablation')
+  with config.unlocked():
+    config.sweep.overrides.context.model.context_tokn = True
+  with pytest.raises(ConfigError, match='context_tokn'):
+    validate(config, num_devices=1)

@@ -1,4 +1,4 @@
-"""Que2Engage losses (mmret/losses/engagement.py) and objective (mmret/train/engage_objective.py).
+"""Que2Engage losses (mmret/losses/engagement.py) and objective (mmret/jobs/engage/objective.py).
 
 Expected values come from float64 numpy loops written from the formulas; every loss runs eagerly
 and under jit, and has a float64 gradient check.
@@ -14,7 +14,7 @@ import pytest
 from jax import test_util
 
 from mmret.losses import engagement
-from mmret.train import engage_objective
+from mmret.jobs.engage import objective as engage_objective
 
 S = engagement.DEFAULT_SCALE
 

@@ -16,10 +16,12 @@ from mmret.config import load_config
 from mmret.encoders import context as context_lib
 from mmret.towers import modality
 from mmret.towers.engage import EngageModel
-from mmret.train import engage
+from mmret.jobs.engage import job as engage_job
+from mmret.jobs.engage import objective
 from mmret.train import optimizer as optimizer_lib
 from mmret.train import sharding as sharding_lib
 from mmret.train import state as state_lib
+from mmret.train import step as step_lib
 
 B, G, C, VOCAB = 8, 3, 3, 64
 
@@ -28,7 +30,6 @@ B, G, C, VOCAB = 8, 3, 3, 64
 def config():
   c = load_config('configs/engage.py:tiny')
   with c.unlocked():
-    c.model.vocab_size = VOCAB
     c.model.trigram_buckets = 32
   return c
 
@@ -59,7 +60,7 @@ def make_batch(seed=0, b=B, g=G):
 
 
 def init(config, batch):
-  model = EngageModel(config.model)
+  model = EngageModel(config.model, vocab_size=VOCAB)
   rng = jax.random.key(0)
   variables = nn.unbox(model.init({'params': rng, 'dropout': rng, 'modality': rng}, batch))
   return model, variables
@@ -167,7 +168,7 @@ def test_colour_only_difference_reaches_the_document_vector(config, mode):
   images = _coloured_images([(200, 30, 30), (30, 30, 200), (200, 30, 30), (200, 30, 30)])
   docs = _docs(make_batch(), images)
   docs['title_tokens'][3, 1] = (docs['title_tokens'][3, 1] + 7) % VOCAB   # one word differs
-  model = EngageModel(c.model)
+  model = EngageModel(c.model, vocab_size=VOCAB)
   rng = jax.random.key(0)
   variables = nn.unbox(model.init({'params': rng, 'dropout': rng, 'modality': rng},
                                   docs, method=EngageModel.encode_document))
@@ -220,7 +221,7 @@ def test_precomputed_image_features_mode(config):
   docs.pop('image')
   docs['image_features'] = rs.randn(2, 3, 10).astype(np.float32)    # [N, M, F]
   docs['image_present'] = np.array([[True, True, False], [True, True, True]])
-  model = EngageModel(c.model)
+  model = EngageModel(c.model, vocab_size=VOCAB)
   rng = jax.random.key(0)
   variables = nn.unbox(model.init({'params': rng, 'dropout': rng, 'modality': rng}, docs,
                                   method=EngageModel.encode_document))
@@ -288,7 +289,7 @@ def test_partition_specs_and_batch_stats_in_a_step_on_8_devices(config, mode):
   batch = make_batch()
   mesh = sharding_lib.make_mesh((4, 2))
   rules = sharding_lib.rules_from_config(config.axis_rules)
-  model = EngageModel(config.model)
+  model = EngageModel(config.model, vocab_size=VOCAB)
   tx = optimizer_lib.make_optimizer(config.optim, 10)
   state, shardings = state_lib.create_sharded_state(
       lambda r: model.init({'params': r, 'dropout': r, 'modality': r}, batch), tx,
@@ -313,7 +314,9 @@ def test_partition_specs_and_batch_stats_in_a_step_on_8_devices(config, mode):
   # One step on the 4x2 mesh: finite, and it writes new BatchNorm statistics into the state
   # (so they are checkpointed); evaluation reads them without changing them.
   before = jax.device_get(state.constants['batch_stats'])
-  step = engage.make_train_step(model, tx, config.loss, mesh, shardings)
+  step = step_lib.make_train_step(
+      model, tx, functools.partial(objective.engage_objective, loss=config.loss), mesh,
+      shardings, rng_streams=engage_job.RNG_STREAMS, mutable=('batch_stats',))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     glob = {k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in batch.items()}
     state, metrics = step(state, glob)

@@ -220,10 +220,10 @@ def _planted_eval_set():
 def test_evaluator_end_to_end_on_planted_vectors():
   eval_set, queries, items = _planted_eval_set()
   cold = [np.array([2 * q]) if q % 2 == 0 else np.zeros(0, np.int64) for q in range(10)]
-  evaluator = retrieval.RetrievalEvaluator(
-      lambda params: queries * params, lambda params: items, eval_set, ks=(1, 1000),
-      extra_target_sets={'cold': cold})
-  out = evaluator.run(1.0)
+  evaluator = retrieval.RetrievalEvaluator(eval_set, ks=(1, 1000),
+                                           extra_target_sets={'cold': cold})
+  result = evaluator.run(queries, items)
+  out = result.metrics
   expected_keys = {f'{m}@{k}{s}' for k in (1, 1000) for m, s in [
       ('recall', ''), ('recall', '/exact'), ('relevance', ''), ('exact_match', ''),
       ('recall', '/image_only'), ('recall', '/cold'), ('scann_neighbour_recall', '')]}
@@ -237,14 +237,23 @@ def test_evaluator_end_to_end_on_planted_vectors():
   assert out['recall@1000'] == out['recall@1000/exact'] == out['recall@1000/image_only'] == 1.0
   assert out['relevance@1000'] == pytest.approx(2 / 39)
   assert out['exact_match@1000'] == pytest.approx(1 / 39)
-  assert set(evaluator.timings) == {'vectors', 'exact', 'scann_build', 'scann_search',
-                                    'metrics'}
+  assert set(result.timings) == {'exact', 'scann_build', 'scann_search', 'metrics'}
+  # The rankings come back with the metrics: K = min(1000, N) columns, each query's planted
+  # item (its own vector) first, and the oracle's equal to ScaNN's here.
+  assert result.ids.shape == result.exact_ids.shape == (10, 40)
+  np.testing.assert_array_equal(result.ids[:, 0], result.exact_ids[:, 0])
+  np.testing.assert_array_equal(result.exact_ids[:, 0], 2 * np.arange(10))
+  with pytest.raises(ValueError, match='eval queries'):
+    evaluator.run(queries[:5], items)
+  with pytest.raises(ValueError, match='same D'):
+    evaluator.run(queries, items[:, :8])
 
 
 def test_evaluator_without_scann_and_ranking_baseline():
   eval_set, queries, items = _planted_eval_set()
-  out = retrieval.RetrievalEvaluator(
-      lambda p: queries, lambda p: items, eval_set, ks=(1,), scann=False).run(None)
+  result = retrieval.RetrievalEvaluator(eval_set, ks=(1,), scann=False).run(queries, items)
+  out = result.metrics
+  np.testing.assert_array_equal(result.ids, result.exact_ids)
   assert 'scann_neighbour_recall@1' not in out and out['recall@1'] == pytest.approx(0.75)
   # A ranking that retrieves nothing but one padded target: -1 slots grade as unknown.
   ids = np.full((10, 3), -1)

@@ -8,7 +8,7 @@ import pytest
 from mmret import jobs
 from mmret.config import ConfigError
 from mmret.config import load_config
-from mmret.config import validate
+from mmret.jobs import validate
 
 FUSIONS = ('id_only', 'mm_only', 'add', 'concat', 'gate_add', 'gate_concat')
 KS = (10, 50, 100, 1000)
@@ -69,7 +69,7 @@ def test_bad_fusion_and_negatives_are_named():
 
 def test_negative_sampler_follows_clicks_within_its_support():
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from mmret.train import recall_data  # pylint: disable=g-import-not-at-top
+  from mmret.jobs.recall import data as recall_data  # pylint: disable=g-import-not-at-top
   clicks = np.array([0.0, 9.0, 0.0, 3.0, 5.0])
   support = np.array([True, True, False, True, True])  # item 2 is cold: never a negative
   sampler = recall_data.NegativeSampler(clicks, smoothing=1.0, support=support)

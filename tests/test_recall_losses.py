@@ -8,6 +8,8 @@ import pytest
 from jax.test_util import check_grads
 
 import ml_collections
+
+from mmret.jobs.recall import data as recall_data
 from mmret.losses import sampled_softmax
 from mmret.losses import triplet
 from mmret.towers import recall as recall_model
@@ -107,7 +109,9 @@ def test_triplet_by_hand():
 
 
 def test_gate_by_hand():
-  stats = recall_model.stats_features(jnp.array([0.0, 9.0]), jnp.array([0.0, 3.0]))
+  stats = recall_data.ItemStats(impressions=np.array([0.0, 9.0], np.float32),
+                                clicks=np.array([0.0, 3.0], np.float32),
+                                category=np.zeros(2, np.int32), num_categories=0).gate_features()
   np.testing.assert_allclose(np.asarray(stats), [[0, 0, 0], [np.log(10), np.log(4), 1 / 3]],
                              rtol=1e-6)
   gate = recall_model.Gate(hidden=2)
@@ -122,8 +126,7 @@ def test_gate_by_hand():
 
 
 def _model(fusion):
-  c = ml_collections.ConfigDict(dict(fusion=fusion, dim=4, gate_hidden=3, use_category=False,
-                                     num_categories=0))
+  c = ml_collections.ConfigDict(dict(fusion=fusion, dim=4, gate_hidden=3, use_category=False))
   return recall_model.RecallModel(c)
 
 

@@ -130,33 +130,19 @@ def test_deterministic_shuffle_and_checkpoint(data):
 
 def test_shards_are_disjoint_and_cover(data):
   builder, _, tok, _, _ = data
-  kw = dict(batch_size=3, seed=0, query_len=6, title_len=6, trigram_buckets=64,
-            max_trigrams=4, num_epochs=1)
+  kw = dict(batch_size=3, seed=0, query_len=6, title_len=6, num_epochs=1)
   rows = []
   for shard in (0, 1):
     shard_rows = set()
-    for b in pipelines.impressions(builder, tok, shard_index=shard, shard_count=2, **kw):
-      assert b['trigram_ids'].shape == (3, 4) and b['engaged'].dtype == np.float32
-      shard_rows |= {(int(p), int(i)) for p, i, v in
-                     zip(b['page_index'], b['item_index'], b['valid']) if v}
+    for b in pipelines.pretrain_pairs(builder, tok, shard_index=shard, shard_count=2, **kw):
+      shard_rows |= {(int(q), int(i)) for q, i, v in
+                     zip(b['query_index'], b['item_index'], b['valid']) if v}
     rows.append(shard_rows)
   assert not rows[0] & rows[1]
-  everything = {(int(r['page_index']), int(r['item_index']))
-                for r in builder.as_data_source(split='train')}
-  assert rows[0] | rows[1] == everything and len(everything) == 9
-
-
-def test_impression_labels(data):
-  builder, _, tok, _, _ = data
-  b = next(iter(pipelines.impressions(builder, tok, batch_size=9, seed=0, query_len=6,
-                                      title_len=6, trigram_buckets=64, max_trigrams=4,
-                                      num_epochs=1)))
-  got = {(int(p), int(i)): (float(e), bool(ep))
-         for p, i, e, ep in zip(b['page_index'], b['item_index'], b['engaged'],
-                                b['engaged_present'])}
-  assert got[(0, 1)] == (0.0, True) and got[(0, 2)] == (1.0, True)  # logged engaged
-  assert got[(1, 3)] == (1.0, True)                                  # from click
-  assert b['valid'].all()
+  positive = features.IsPositive()
+  everything = {(int(r['query_index']), int(r['item_index']))
+                for r in builder.as_data_source(split='train') if positive.filter(r)}
+  assert rows[0] | rows[1] == everything and everything
 
 
 def test_recall_pages(data):

@@ -4,10 +4,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 
+from mmret.config import load_config
 from mmret.towers import masking, negatives
-from mmret.towers.config import model_config
 from mmret.towers.pretrain import PretrainModel, set_codebook
 
 B, LQ, LT = 4, 6, 10
@@ -16,6 +17,12 @@ CONTRACT_KEYS = {
     'mlm_query_weights', 'mlm_title_logits', 'mlm_title_labels', 'mlm_title_weights',
     'mpm_log_probs', 'mpm_targets', 'mpm_weights', 'qim_logits', 'qim_labels', 'qim2_logits',
     'qim2_labels'}
+
+VOCAB, MASK_ID = 2000, 4  # the tiny model's vocabulary (tokens are drawn below 2000)
+
+def model_config(variant: str) -> ml_collections.ConfigDict:
+  """The `model` section of configs/pretrain.py:<variant>, as an unlocked copy."""
+  return ml_collections.ConfigDict(load_config(f'configs/pretrain.py:{variant}').model.to_dict())
 
 
 def make_batch(seed=0, b=B):
@@ -39,7 +46,7 @@ def make_batch(seed=0, b=B):
 
 @pytest.fixture(scope='module')
 def tiny():
-  model = PretrainModel(model_config('tiny'))
+  model = PretrainModel(model_config('tiny'), vocab_size=VOCAB, mask_token_id=MASK_ID)
   variables = jax.jit(lambda r: model.init(r, make_batch(), train=False))(jax.random.key(0))
   train = jax.jit(lambda v, b, r: model.apply(
       v, b, train=True, rngs={'dropout': r, 'masking': jax.random.fold_in(r, 1)}))
@@ -239,7 +246,7 @@ def test_every_param_has_logical_axis_names(variant, overrides):
   batch = make_batch()
   if config.image_encoder == 'features':
     batch['patch_features'] = np.zeros((B, 16, 10), np.float32)
-  model = PretrainModel(config)
+  model = PretrainModel(config, vocab_size=VOCAB, mask_token_id=MASK_ID)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))
   specs = nn.get_partition_spec(abstract['params'])
   leaves = jax.tree.leaves(abstract['params'], is_leaf=lambda x: isinstance(x, nn.Partitioned))
@@ -256,7 +263,7 @@ def test_every_param_has_logical_axis_names(variant, overrides):
 def test_bfloat16_item_tower_is_finite():
   config = model_config('tiny')
   config.dtype = 'bfloat16'
-  model = PretrainModel(config)
+  model = PretrainModel(config, vocab_size=VOCAB, mask_token_id=MASK_ID)
   batch = make_batch()
   vec = jax.jit(lambda: model.apply(model.init(jax.random.key(0), batch, train=False), batch,
                                     method=PretrainModel.encode_item))()

@@ -1,6 +1,8 @@
 """Training machinery: partition specs on 8 fake devices, 1-vs-8-device step equality,
 checkpoint save -> restore -> identical next step, the NaN guard."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,9 +17,11 @@ from mmret.towers.pretrain import set_codebook
 from mmret.train import checkpoint as checkpoint_lib
 from mmret.train import metrics_log
 from mmret.train import optimizer as optimizer_lib
-from mmret.train import pretrain
+from mmret.jobs.pretrain import model as pretrain_model
+from mmret.jobs.pretrain import objective
 from mmret.train import sharding as sharding_lib
 from mmret.train import state as state_lib
+from mmret.train import step as step_lib
 
 B = 8
 
@@ -26,8 +30,6 @@ B = 8
 def config():
   c = load_config('configs/pretrain.py:tiny')
   with c.unlocked():
-    c.model.vocab_size = 64
-    c.model.mask_token_id = 4
     c.model.dropout = 0.0
   return c
 
@@ -53,7 +55,7 @@ def make_batch(seed=0, vocab=64):
 
 def build(config, mesh, batch):
   rules = sharding_lib.rules_from_config(config.axis_rules)
-  model = PretrainModel(config.model)
+  model = PretrainModel(config.model, vocab_size=64, mask_token_id=4)
   tx = optimizer_lib.make_optimizer(config.optim, 10)
   codebook = masking.fit_mpm_codebook(batch['image'], config.model.patch_size,
                                       config.model.mpm_classes, grid=config.model.mpm_grid)
@@ -65,7 +67,9 @@ def build(config, mesh, batch):
   state, shardings = state_lib.create_sharded_state(
       init_variables, tx, jax.random.key(0), mesh, rules,
       state_lib.step_key_data(1, config.train.rng_impl))
-  step = pretrain.make_train_step(model, tx, config.loss, mesh, shardings, config.train.rng_impl)
+  step = step_lib.make_train_step(
+      model, tx, functools.partial(objective.pretrain_objective, loss=config.loss), mesh,
+      shardings, rng_streams=pretrain_model.RNG_STREAMS, rng_impl=config.train.rng_impl)
   return state, shardings, step, rules, init_variables
 
 
@@ -74,7 +78,7 @@ def run_steps(config, mesh, n, batch):
   metrics = None
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     for i in range(n):
-      state, metrics = step(state, pretrain.to_global(make_batch(i), mesh))
+      state, metrics = step(state, sharding_lib.to_device(make_batch(i), mesh))
   return state, jax.device_get(metrics), shardings
 
 
@@ -86,7 +90,7 @@ def test_partition_specs_of_all_params(config):
   mesh = sharding_lib.make_mesh((2, 4), ('data', 'model'))
   batch = make_batch()
   rules = sharding_lib.rules_from_config(config.axis_rules)
-  model = PretrainModel(config.model)
+  model = PretrainModel(config.model, vocab_size=64, mask_token_id=4)
   abstract = jax.eval_shape(lambda: model.init(
       {'params': jax.random.PRNGKey(0), 'masking': jax.random.PRNGKey(1)}, batch))
   logical = nn.get_partition_spec(abstract['params'])
@@ -131,14 +135,14 @@ def test_checkpoint_restore_gives_identical_next_step(config, tmp_path):
   state, shardings, step, rules, _ = build(config, mesh, make_batch())
   ckpt = checkpoint_lib.Checkpointer(tmp_path, every_steps=1)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state, _ = step(state, pretrain.to_global(make_batch(0), mesh))
+    state, _ = step(state, sharding_lib.to_device(make_batch(0), mesh))
     ckpt.save(1, state, None)
-    expected, expected_metrics = step(state, pretrain.to_global(make_batch(1), mesh))
+    expected, expected_metrics = step(state, sharding_lib.to_device(make_batch(1), mesh))
     expected = jax.device_get(expected)
     fresh, *_ = build(config, mesh, make_batch())
     restored = ckpt.restore(fresh, None)
     assert int(restored.step) == 1
-    again, again_metrics = step(restored, pretrain.to_global(make_batch(1), mesh))
+    again, again_metrics = step(restored, sharding_lib.to_device(make_batch(1), mesh))
   for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(jax.device_get(again))):
     np.testing.assert_array_equal(a, b)
   assert float(expected_metrics['loss/total']) == float(again_metrics['loss/total'])

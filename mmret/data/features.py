@@ -122,15 +122,6 @@ def item_features(rows: Sequence[Row], tokenizer: tokenizer_lib.Tokenizer, title
   }
 
 
-def engagement_label(row: Row) -> tuple[float, bool]:
-  """(label, present): engaged if logged, else clicked or bought if either is logged."""
-  if row['engaged_present']:
-    return float(row['engaged']), True
-  if row['click_present'] or row['purchase_present']:
-    return float(max(row['click'], row['purchase'])), True
-  return 0.0, False
-
-
 class Batcher:
   """Grain batch_fn: rows -> fields(rows); pad=True fills a short batch and adds `valid` [B]."""
 
@@ -157,30 +148,6 @@ class PairFields:
     batch = query_features([to_str(r['query']) for r in rows], self.tokenizer, self.query_len)
     batch.update(item_features(rows, self.tokenizer, self.title_len))
     batch['query_index'] = np.array([r['query_index'] for r in rows], np.int32)
-    return batch
-
-
-class ImpressionFields:
-  """Impression batch: pair fields plus query trigrams and the engagement label.
-
-  Adds trigram_ids/trigram_mask [B, T], engaged float32 [B] with engaged_present bool [B],
-  page_index int32 [B], position int32 [B] (-1 absent).
-  """
-
-  def __init__(self, tokenizer, query_len: int, title_len: int, num_buckets: int,
-               max_trigrams: int):
-    self.pairs = PairFields(tokenizer, query_len, title_len)
-    self.num_buckets, self.max_trigrams = num_buckets, max_trigrams
-
-  def __call__(self, rows: Sequence[Row]) -> dict[str, np.ndarray]:
-    batch = self.pairs(rows)
-    batch.update(trigram_features([to_str(r['query']) for r in rows], self.num_buckets,
-                                  self.max_trigrams))
-    labels = [engagement_label(r) for r in rows]
-    batch['engaged'] = np.array([v for v, _ in labels], np.float32)
-    batch['engaged_present'] = np.array([p for _, p in labels], bool)
-    batch['page_index'] = np.array([r['page_index'] for r in rows], np.int32)
-    batch['position'] = np.array([r['position'] for r in rows], np.int32)
     return batch
 
 

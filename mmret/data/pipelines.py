@@ -2,7 +2,6 @@
 
   pretrain_pairs  one positive (query, item) pair per row, for stage-1 pre-training
   recall_pages    one clicked page per row (query_index, up to 3 positives), for stage 2
-  impressions     every impression with its engagement label, for Que2Engage-style training
   item_batches    the whole catalog in order, for item vectors at evaluation time
   query_batches   a list of query strings, for query vectors at evaluation time
 
@@ -108,24 +107,6 @@ def recall_pages(builder: tfds.core.DatasetBuilder, *, batch_size: int, seed: in
   return _pipeline(_source(builder, 'train_pages'), batcher, seed=seed,
                    shard_index=shard_index, shard_count=shard_count, num_epochs=num_epochs,
                    read_options=read_options)
-
-
-def impressions(builder: tfds.core.DatasetBuilder, tokenizer: tokenizer_lib.Tokenizer, *,
-                batch_size: int, seed: int, query_len: int, title_len: int,
-                trigram_buckets: int, max_trigrams: int, shard_index: int = 0,
-                shard_count: int = 1, num_epochs: int | None = None, split: str = 'train',
-                read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
-  """Every impression of a split, engaged or not (the engaged ones and the hard negatives).
-
-  Batch: the pretrain_pairs fields, trigram_ids/trigram_mask [B, T], engaged float32 [B]
-  (engaged, else click or purchase) with engaged_present bool [B], page_index, position int32.
-  """
-  fields = features.ImpressionFields(tokenizer, query_len, title_len, trigram_buckets,
-                                     max_trigrams)
-  batcher = features.Batcher(fields, batch_size, pad=num_epochs is not None)
-  return _pipeline(_source(builder, split), batcher, seed=seed, shard_index=shard_index,
-                   shard_count=shard_count, num_epochs=num_epochs,
-                   map_fn=features.JoinItem(builder.data_dir), read_options=read_options)
 
 
 def item_batches(builder: tfds.core.DatasetBuilder, tokenizer: tokenizer_lib.Tokenizer,

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mmret.ops import padded_size
+
 TABLE_AXES = ('ids', 'embed')  # [rows, dim]
 ROW_AXES = ('ids',)            # [rows], per-row optimizer slots and frozen per-row values
 
@@ -38,16 +40,10 @@ def shard_count(sharding: NamedSharding) -> int:
   return int(np.prod([sharding.mesh.shape[a] for a in axes]))
 
 
-def padded_rows(num_rows: int, multiple: int) -> int:
-  """num_rows rounded up to a multiple of `multiple` (so every shard has the same row count)."""
-  multiple = max(int(multiple), 1)
-  return -(-int(num_rows) // multiple) * multiple
-
-
 def create_table(rng: jax.Array, num_rows: int, dim: int, sharding: NamedSharding, *,
                  scale: float = 0.05, dtype=jnp.float32) -> jax.Array:
   """float [padded rows, dim] ~ N(0, scale^2), created directly in its row-sharded layout."""
-  rows = padded_rows(num_rows, shard_count(sharding))
+  rows = padded_size(num_rows, shard_count(sharding))
   init = jax.jit(lambda key: (scale * jax.random.normal(key, (rows, dim))).astype(dtype),
                  out_shardings=sharding)
   return init(rng)
@@ -64,7 +60,7 @@ def put_rows(values: np.ndarray, sharding: NamedSharding) -> jax.Array:
   Each device receives only its own slice (make_array_from_callback), never the whole array.
   """
   values = np.asarray(values)
-  rows = padded_rows(values.shape[0], shard_count(sharding))
+  rows = padded_size(values.shape[0], shard_count(sharding))
   if rows != values.shape[0]:
     pad = [(0, rows - values.shape[0])] + [(0, 0)] * (values.ndim - 1)
     values = np.pad(values, pad)

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmret.encoders.transformer import logical
+from mmret.ops import logical
 
 
 class EmbeddingBag(nn.Module):

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmret.encoders.transformer import logical
+from mmret.ops import logical
 
 _INIT = nn.initializers.normal(stddev=0.02)
 

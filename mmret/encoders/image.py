@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmret.encoders.transformer import logical
+from mmret.ops import logical
 
 # ImageNet channel statistics; any fixed affine map works, these keep inputs near unit scale.
 _MEAN = (0.485, 0.456, 0.406)

@@ -21,14 +21,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmret.ops import logical
+
 # BERT initialises every weight with N(0, 0.02).
 _INIT = nn.initializers.normal(stddev=0.02)
 _ACT = ('batch', 'length', 'embed')
-
-
-def logical(init, names: tuple[str | None, ...]):
-  """`init` wrapped so that the parameter carries logical axis `names`."""
-  return nn.with_logical_partitioning(init, names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,20 +208,3 @@ class Transformer(nn.Module):
 
   def attend(self, x: jax.Array) -> jax.Array:
     return jnp.einsum('...d,vd->...v', x, self.word_embeddings.astype(x.dtype))
-
-
-def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean over valid positions. x [B, L, D], mask bool [B, L] -> float32 [B, D].
-
-  A row without any valid position gives zeros (not NaN).
-  """
-  m = mask.astype(jnp.float32)[..., None]
-  total = jnp.sum(x.astype(jnp.float32) * m, axis=1)
-  return total / jnp.maximum(jnp.sum(m, axis=1), 1.0)
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """x / max(||x||, eps) along the last axis (finite for a zero vector)."""
-  x = x.astype(jnp.float32)
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)

@@ -1,4 +1,4 @@
-"""Retrieval metrics broken down by item group (head / tail / cold, mmret.train.recall_data).
+"""Retrieval metrics broken down by item group (head / tail / cold, mmret/jobs/recall/data.py).
 
   recall@K/<group>     recall of the targets in the group (RetrievalEvaluator's
                        extra_target_sets; queries without such a target are left out)

@@ -4,10 +4,12 @@ DESIGN.md §5: per eval-day query, the target set is every item clicked or bough
 top-K items come from nearest-neighbour search over the extracted query and item vectors, with
 ScaNN as the simulated online engine and exact search as the oracle.
 
-In the big_vision evaluator style the model enters only through two functions of the params:
+The model enters only through its vectors (mmret.evaluate.vectors extracts them):
 
-  evaluator = RetrievalEvaluator(query_vectors_fn, item_vectors_fn, eval_set)
-  metrics = evaluator.run(params)   # {'recall@10': ..., 'recall@10/exact': ..., ...}
+  evaluator = RetrievalEvaluator(eval_set, ks=(10, 100, 1000))
+  result = evaluator.run(query_vectors, item_vectors)
+  result.metrics    # {'recall@10': ..., 'recall@10/exact': ..., ...}
+  result.ids        # the ranking the metrics were computed on; result.exact_ids: the oracle's
 
 Metric keys for each requested K in ks (K is named as requested but computed at min(K, N), so a
 catalog of 300 items reports recall@1000 as its recall@300 and keys stay stable across data):
@@ -25,7 +27,8 @@ The eval set is duck-typed: queries, targets, image_only_targets and grade(query
 item_idx [Q, K]) -> int [Q, K] (mmret.data.evalset.EvalSet).
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+import dataclasses
 import time
 from typing import Any
 
@@ -85,21 +88,32 @@ def evaluate_ranking(ids: np.ndarray, eval_set: Any, ks: Sequence[int],
   return out
 
 
-class RetrievalEvaluator:
-  """Recall@K and Relevance@K of a two-tower model's vectors on an eval set.
+@dataclasses.dataclass
+class Retrieval:
+  """What RetrievalEvaluator.run returns.
 
-  Attributes:
-    timings: seconds spent in each phase of the last run ('vectors', 'exact', 'scann_build',
-      'scann_search', 'metrics'); kept out of the metrics dict so its keys stay fixed.
+  metrics: the flat metrics dict (module docstring). ids: int [Q, K] the reported ranking
+  (ScaNN's, or exact search's with scann=False); exact_ids: int [Q, K] exact search's (the
+  oracle), K = min(max(ks), N). timings: seconds per phase ('exact', 'scann_build',
+  'scann_search', 'metrics'), kept out of the metrics so that their keys stay fixed.
+  """
+  metrics: dict[str, float]
+  ids: np.ndarray
+  exact_ids: np.ndarray
+  timings: dict[str, float]
+
+
+class RetrievalEvaluator:
+  """Recall@K and Relevance@K of query and item vectors on an eval set.
+
+    evaluator = RetrievalEvaluator(eval_set, ks=(10, 100), scann=True)
+    result = evaluator.run(query_vectors, item_vectors)   # Retrieval: metrics and rankings
   """
 
-  def __init__(self, query_vectors_fn: Callable[[Any], np.ndarray],
-               item_vectors_fn: Callable[[Any], np.ndarray], eval_set: Any, *,
-               ks: Sequence[int] = (10, 50, 100, 1000), scann: bool = True,
+  def __init__(self, eval_set: Any, *, ks: Sequence[int] = (10, 50, 100, 1000),
+               scann: bool = True,
                extra_target_sets: Mapping[str, Sequence[np.ndarray]] | None = None):
     """Args:
-      query_vectors_fn: params -> float [Q, D] vectors of eval_set.queries, in order.
-      item_vectors_fn: params -> float [N, D] vectors of the whole catalog, in catalog order.
       eval_set: the eval set (duck-typed, see the module docstring).
       ks: cut-offs K, each > 0.
       scann: also search with ScaNN (the reported metrics) besides exact search (the oracle).
@@ -114,31 +128,27 @@ class RetrievalEvaluator:
       if len(sets) != len(eval_set.queries):
         raise ValueError(f'extra target set {name!r} has {len(sets)} entries for '
                          f'{len(eval_set.queries)} queries.')
-    self.query_vectors_fn = query_vectors_fn
-    self.item_vectors_fn = item_vectors_fn
     self.eval_set = eval_set
     self.ks = tuple(int(k) for k in ks)
     self.scann = scann
     self.extra_target_sets = extra_target_sets
-    self.timings: dict[str, float] = {}
 
-  def _vectors(self, params: Any) -> tuple[np.ndarray, np.ndarray]:
-    queries = np.asarray(self.query_vectors_fn(params), np.float32)
-    items = np.asarray(self.item_vectors_fn(params), np.float32)
-    if queries.shape[0] != len(self.eval_set.queries):
-      raise ValueError(f'query_vectors_fn returned {queries.shape[0]} vectors for '
-                       f'{len(self.eval_set.queries)} eval queries.')
+  def _check(self, queries: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    queries = np.asarray(queries, np.float32)
+    items = np.asarray(items, np.float32)
     if queries.ndim != 2 or items.ndim != 2 or queries.shape[1] != items.shape[1]:
       raise ValueError(f'query vectors {queries.shape} and item vectors {items.shape} must be '
                        '[Q, D] and [N, D] with the same D.')
+    if queries.shape[0] != len(self.eval_set.queries):
+      raise ValueError(f'{queries.shape[0]} query vectors for '
+                       f'{len(self.eval_set.queries)} eval queries.')
     return queries, items
 
-  def run(self, params: Any) -> dict[str, float]:
-    """Extracts vectors with params, searches, and returns the flat metrics dict."""
+  def run(self, queries: np.ndarray, items: np.ndarray) -> Retrieval:
+    """queries float [Q, D] (eval_set.queries, in order), items float [N, D] (the catalog, in
+    catalog order) -> metrics and rankings."""
+    queries, items = self._check(queries, items)
     timings = {}
-    tic = time.perf_counter()
-    queries, items = self._vectors(params)
-    timings['vectors'] = time.perf_counter() - tic
     k_max = min(max(self.ks), items.shape[0])
 
     tic = time.perf_counter()
@@ -164,5 +174,5 @@ class RetrievalEvaluator:
         out[f'scann_neighbour_recall@{k}'] = search.neighbour_recall(
             ids[:, :capped], exact_ids[:, :capped])
     timings['metrics'] = time.perf_counter() - tic
-    self.timings = timings
-    return out
+    return Retrieval(metrics=out, ids=np.asarray(ids), exact_ids=np.asarray(exact_ids),
+                     timings=timings)

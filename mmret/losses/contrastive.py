@@ -11,7 +11,7 @@ Variants, in the order the source found them to improve: `qic_sigmoid` < `qic_so
 `qic_am_softmax`. Each can be made symmetric (`symmetric=True`): the mean of the query->item loss
 of row i and the item->query loss of column i (item i against all in-batch queries).
 
-Every function returns one value per example; `mmret/train/objectives.py` masks and reduces.
+Every function returns one value per example; `mmret/jobs/pretrain/objective.py` masks and reduces.
 """
 
 import jax

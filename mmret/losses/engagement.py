@@ -1,5 +1,5 @@
 """Que2Engage losses (DESIGN.md §4; Que2Engage, Facebook Marketplace, 2023): per example, optax
-style (no reduction; `mmret/train/engage_objective.py` weights, masks and reduces).
+style (no reduction; `mmret/jobs/engage/objective.py` weights, masks and reduces).
 
   L_relevance: softmax cross-entropy over the scaled cosine similarities s * cos(q_i, d_j) of a
     query against a candidate set of documents, its engaged document being the label. With

@@ -3,7 +3,7 @@
 DESIGN.md §1, tasks 1 and 2. Both losses score a fixed number P of prediction slots per
 example (the masked positions the model gathered, padded to P) and weight each slot with
 `weights [B, P]` (1 for a real masked position, 0 for padding). Each returns one value per
-example; the objective in `mmret/train/objectives.py` masks, reduces and weights them.
+example; the objective in `mmret/jobs/pretrain/objective.py` masks, reduces and weights them.
 
 Normalisation (both losses): `sum_p w_p * loss_p / max(sum_p w_p, 1)`. With 0/1 weights this is
 the mean over the example's masked slots, and an example with no masked slot gives exactly 0

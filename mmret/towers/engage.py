@@ -37,7 +37,7 @@ from mmret.encoders.bag import EmbeddingBag
 from mmret.encoders.context import ContextEncoder
 from mmret.encoders.image import ImageConfig, PatchEncoder
 from mmret.encoders.transformer import Transformer, TransformerConfig
-from mmret.encoders.transformer import l2_normalize, logical, masked_mean
+from mmret.ops import dense, l2_normalize, logical, masked_mean, padded_size
 from mmret.towers import modality
 
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -48,18 +48,13 @@ DOC_FIELDS = ('title_tokens', 'title_mask', 'text_present', 'image', 'image_pres
 TEXT, IMAGE, CONTEXT = 0, 1, 2  # token types
 
 
-def transformer_config(model: ml_collections.ConfigDict) -> TransformerConfig:
-  m = model.vocab_pad_multiple
+def transformer_config(model: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
+  """vocab_size: the tokenizer's (from the data), padded to model.vocab_pad_multiple."""
   return TransformerConfig(
       width=model.width, depth=model.depth, heads=model.heads, mlp_dim=model.mlp_dim,
       dropout=model.dropout, dtype=model.dtype, remat=model.remat, scan=model.scan,
-      vocab_size=-(-model.vocab_size // m) * m, max_len=model.max_len, type_vocab_size=3)
-
-
-def _dense(features: int, names: tuple[str, str], name: str, init: Callable = _INIT
-           ) -> nn.Dense:
-  return nn.Dense(features, name=name, kernel_init=logical(init, names),
-                  bias_init=logical(nn.initializers.zeros, names[1:]))
+      vocab_size=padded_size(vocab_size, model.vocab_pad_multiple), max_len=model.max_len,
+      type_vocab_size=3)
 
 
 class Mlp(nn.Module):
@@ -75,8 +70,8 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = nn.gelu(_dense(self.hidden, (self.in_axis, 'mlp'), 'dense_in', self.init)(x))
-    return _dense(self.features, ('mlp', 'embed'), 'dense_out', self.init)(h)
+    h = nn.gelu(dense(self.hidden, (self.in_axis, 'mlp'), 'dense_in', init=self.init)(x))
+    return dense(self.features, ('mlp', 'embed'), 'dense_out', init=self.init)(h)
 
 
 def image_config(model: ml_collections.ConfigDict) -> ImageConfig:
@@ -98,10 +93,11 @@ class EngageModel(nn.Module):
   Collections: 'params', 'batch_stats' (the context BatchNorm).
   """
   config: ml_collections.ConfigDict
+  vocab_size: int  # the tokenizer's (from the data)
 
   def setup(self):
     c = self.config
-    tcfg = transformer_config(c)
+    tcfg = transformer_config(c, self.vocab_size)
     self.encoder = Transformer(tcfg)
     self.doc_encoder = self.encoder if c.share_encoder else Transformer(tcfg)
     self.trigram_bag = EmbeddingBag(c.trigram_buckets, c.width)
@@ -118,7 +114,7 @@ class EngageModel(nn.Module):
       self.context_encoder = ContextEncoder(c.width, c.mlp_hidden,
                                             log_transform=c.context_log,
                                             momentum=c.bn_momentum)
-    self.doc_proj = _dense(c.out_dim, ('embed', 'mlp'), 'doc_proj')
+    self.doc_proj = dense(c.out_dim, ('embed', 'mlp'), 'doc_proj')
 
   # -- query tower ------------------------------------------------------------------------------
 

@@ -15,15 +15,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmret.encoders.transformer import TransformerConfig, l2_normalize, layer_norm, logical
-from mmret.encoders.transformer import masked_mean
-
-_INIT = nn.initializers.normal(stddev=0.02)
+from mmret.encoders.transformer import TransformerConfig, layer_norm
+from mmret.ops import dense, l2_normalize, logical, masked_mean
 
 
-def _dense(features: int, names: tuple[str, str], dtype, name: str) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, name=name, kernel_init=logical(_INIT, names),
-                  bias_init=logical(nn.initializers.zeros, names[1:]))
+
+POOLINGS = ('mean', 'cls')  # config.model.pooling
 
 
 def pool(hidden: jax.Array, mask: jax.Array, pooling: str = 'mean') -> jax.Array:
@@ -60,7 +57,7 @@ class MlmHead(nn.Module):
   @nn.compact
   def __call__(self, hidden: jax.Array, attend: Callable[[jax.Array], jax.Array]) -> jax.Array:
     cfg = self.cfg
-    h = _dense(cfg.width, ('embed', 'mlp'), cfg.compute_dtype, 'transform')(hidden)
+    h = dense(cfg.width, ('embed', 'mlp'), 'transform', dtype=cfg.compute_dtype)(hidden)
     h = layer_norm(cfg, 'transform_ln')(nn.gelu(h, approximate=False))
     logits = attend(h).astype(jnp.float32)
     bias = self.param('bias', logical(nn.initializers.zeros, ('vocab',)), (cfg.vocab_size,))
@@ -76,9 +73,10 @@ class MpmHead(nn.Module):
   @nn.compact
   def __call__(self, hidden: jax.Array) -> jax.Array:
     cfg = self.cfg
-    h = _dense(cfg.width, ('embed', 'mlp'), cfg.compute_dtype, 'transform')(hidden)
+    h = dense(cfg.width, ('embed', 'mlp'), 'transform', dtype=cfg.compute_dtype)(hidden)
     h = layer_norm(cfg, 'transform_ln')(nn.gelu(h, approximate=False))
-    logits = _dense(self.num_classes, ('embed', 'classes'), cfg.compute_dtype, 'classifier')(h)
+    logits = dense(self.num_classes, ('embed', 'classes'), 'classifier',
+                   dtype=cfg.compute_dtype)(h)
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
@@ -89,8 +87,8 @@ class QicHead(nn.Module):
 
   @nn.compact
   def __call__(self, pooled: jax.Array) -> jax.Array:
-    return l2_normalize(_dense(self.dim, ('embed', 'mlp'), jnp.dtype(self.dtype),
-                               'project')(pooled))
+    return l2_normalize(dense(self.dim, ('embed', 'mlp'), 'project',
+                              dtype=jnp.dtype(self.dtype))(pooled))
 
 
 class QimHead(nn.Module):
@@ -100,6 +98,6 @@ class QimHead(nn.Module):
   @nn.compact
   def __call__(self, cls: jax.Array) -> jax.Array:
     cfg = self.cfg
-    h = jnp.tanh(_dense(cfg.width, ('embed', 'mlp'), cfg.compute_dtype, 'pooler')(cls))
-    logit = _dense(1, ('mlp', 'classes'), cfg.compute_dtype, 'classifier')(h)
+    h = jnp.tanh(dense(cfg.width, ('embed', 'mlp'), 'pooler', dtype=cfg.compute_dtype)(cls))
+    logit = dense(1, ('mlp', 'classes'), 'classifier', dtype=cfg.compute_dtype)(h)
     return logit[..., 0].astype(jnp.float32)

@@ -29,7 +29,7 @@ import ml_collections
 from mmret.encoders.image import PatchEncoder
 from mmret.encoders.transformer import EncoderLayer, EncoderStack, Transformer, TransformerConfig
 from mmret.encoders.transformer import layer_norm
-from mmret.encoders.transformer import logical
+from mmret.ops import logical
 from mmret.towers import config as config_lib
 from mmret.towers import heads, masking, negatives
 
@@ -81,21 +81,24 @@ class _Codebook(nn.Module):
 
 
 class PretrainModel(nn.Module):
-  """The stage-1 model. `config` is the `model` ConfigDict (`mmret.towers.config`).
+  """The stage-1 model. `config` is the `model` ConfigDict (configs/pretrain.py); vocab_size and
+  mask_token_id come from the tokenizer (PreparedData.tokenizer), not from the config.
 
   __call__(batch, train) -> out dict (ARCHITECTURE.md); encode_query(batch) -> [B, D];
   encode_item(batch) -> [B, D]. rng streams at train time: 'dropout', 'masking'.
   """
   config: ml_collections.ConfigDict
+  vocab_size: int
+  mask_token_id: int
 
   def setup(self):
     c = self.config
-    self.tcfg = config_lib.transformer_config(c)
+    self.tcfg = config_lib.transformer_config(c, self.vocab_size)
     self.encoder = Transformer(self.tcfg)
     self.patch_encoder = PatchEncoder(config_lib.image_config(c))
     self.mask_patch = self.param('mask_patch', logical(nn.initializers.normal(0.02), ('embed',)),
                                  (c.width,))
-    self.cross = CrossEncoder(config_lib.transformer_config(c, cross=True))
+    self.cross = CrossEncoder(config_lib.transformer_config(c, self.vocab_size, cross=True))
     self.mlm_query = heads.MlmHead(self.tcfg)
     self.mlm_title = heads.MlmHead(self.tcfg)
     self.mpm = heads.MpmHead(self.tcfg, c.mpm_classes)
@@ -174,8 +177,8 @@ class PretrainModel(nn.Module):
       return tokens, zeros, zeros, zeros.astype(jnp.float32)
     c = self.config
     return masking.mask_tokens(self.make_rng('masking'), tokens, mask, prob=c.mlm_prob,
-                               max_predictions=max_predictions, mask_token_id=c.mask_token_id,
-                               vocab_size=c.vocab_size)
+                               max_predictions=max_predictions, mask_token_id=self.mask_token_id,
+                               vocab_size=self.vocab_size)
 
   def _mpm_features(self, batch):
     """Target features of every patch, float32 [B, P, F]."""

@@ -46,14 +46,6 @@ def is_gated(fusion: str) -> bool:
   return fusion.startswith('gate_')
 
 
-def stats_features(impressions, clicks):
-  """float [N] impression and click counts -> float32 [N, 3] gate inputs (log-scaled, CTR)."""
-  impressions = jnp.asarray(impressions, jnp.float32)
-  clicks = jnp.asarray(clicks, jnp.float32)
-  ctr = clicks / jnp.maximum(impressions, 1.0)
-  return jnp.stack([jnp.log1p(impressions), jnp.log1p(clicks), ctr], axis=-1)
-
-
 class Gate(nn.Module):
   """Posterior statistics [M, 3] -> g in (0, 1) [M, 1]: how much the item relies on its ID."""
   hidden: int = 16
@@ -65,9 +57,10 @@ class Gate(nn.Module):
 
 
 class RecallModel(nn.Module):
-  """Query and item towers of the recall model. config: fusion, dim, gate_hidden,
-  use_category, num_categories."""
+  """Query and item towers of the recall model. config: fusion, dim, gate_hidden, use_category;
+  num_categories: categories in the data (1 + this rows of the category embedding)."""
   config: ml_collections.ConfigDict
+  num_categories: int = 0
 
   def setup(self):
     c = self.config
@@ -80,7 +73,7 @@ class RecallModel(nn.Module):
       self.query_mm_fc = nn.Dense(c.dim, name='query_mm_fc')   # FC dimension reduction E -> d
       self.item_mm_fc = nn.Dense(c.dim, name='item_mm_fc')
       if c.use_category:
-        self.category_embed = nn.Embed(c.num_categories + 1, c.dim, name='category_embed')
+        self.category_embed = nn.Embed(self.num_categories + 1, c.dim, name='category_embed')
     if is_gated(c.fusion):
       self.gate = Gate(c.gate_hidden, name='gate')
 

@@ -16,8 +16,8 @@ import os
 from collections.abc import Mapping
 
 import jax
-from jax.experimental import multihost_utils
-import numpy as np
+
+PROCESS_SHARDING = ('per_process', 'global_batch')  # config.data.process_sharding
 
 
 def cluster_size(env: Mapping[str, str]) -> int:
@@ -63,13 +63,3 @@ def input_shard(process_sharding: str) -> tuple[int, int, bool]:
     return 1, 0, True
   return jax.process_count(), jax.process_index(), False
 
-
-def to_host(x: jax.Array) -> np.ndarray:
-  """The whole of a (possibly process-spanning) array as numpy on this host.
-
-  An array sharded over a mesh axis that spans processes (e.g. eval vectors constrained to
-  `batch` -> `data`) cannot be fetched directly: it is gathered from every process first.
-  """
-  if x.is_fully_addressable or x.is_fully_replicated:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

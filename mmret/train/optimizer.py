@@ -4,6 +4,8 @@ import jax
 import ml_collections
 import optax
 
+NAMES = ('adamw', 'adam', 'sgd')  # config.optim.name
+
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
   """Linear warm-up to `optim.lr`, then cosine decay to `optim.lr * optim.final_lr_ratio`."""

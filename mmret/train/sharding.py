@@ -71,5 +71,26 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-  return mesh.shape[DATA_AXIS]
+def to_device(batch: dict[str, np.ndarray], mesh: Mesh, *, full: bool = False,
+              replicated_keys: Sequence[str] = ()) -> dict[str, jax.Array]:
+  """Numpy batch -> global jax.Arrays, rows split over the data axis (multi-host safe).
+
+  full=False: `batch` is this process's rows only (data.process_sharding='per_process').
+  full=True: every process holds the whole global batch ('global_batch') and each device takes
+  its own rows of it, so the global batch does not depend on the number of processes.
+  replicated_keys: entries every device holds whole (e.g. the recall step's shared negatives);
+  every process must hold them whole.
+  """
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    if key in replicated_keys:
+      sharding = replicated(mesh)
+    else:
+      sharding = batch_sharding(mesh)
+    if full or key in replicated_keys:
+      out[key] = jax.make_array_from_callback(value.shape, sharding,
+                                              lambda idx, v=value: v[idx])
+    else:
+      out[key] = jax.make_array_from_process_local_data(sharding, value)
+  return out

@@ -17,6 +17,9 @@ from jax.sharding import Mesh
 
 from mmret.train import sharding as sharding_lib
 
+# config.train.rng_impl: the step key's PRNG implementation.
+RNG_IMPLS = ('rbg', 'unsafe_rbg', 'threefry2x32')
+
 
 @flax.struct.dataclass
 class TrainState:

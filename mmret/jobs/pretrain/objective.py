@@ -1,7 +1,9 @@
-"""Objectives: the one place where per-example losses are masked, reduced and weighted.
+"""The stage-1 objective: the one place where its per-example losses are masked, reduced and
+weighted (DESIGN.md §1).
 
-Each objective takes the model's `out` dict (see docs/ARCHITECTURE.md) and the batch, and returns
-`(scalar_loss, metrics)` with namespaced metric keys (`loss/qic`, `loss/mlm_query`, ...).
+`pretrain_objective(out, batch, loss)` takes the model's `out` dict (docs/ARCHITECTURE.md) and
+the batch, and returns `(scalar_loss, metrics)` with namespaced metric keys (`loss/qic`,
+`loss/mlm_query`, ...).
 """
 
 import jax.numpy as jnp
@@ -9,11 +11,10 @@ import ml_collections
 
 from mmret.losses import contrastive
 from mmret.losses import token
+from mmret.ops import masked_average
 
 
-def _masked_mean(per_example, mask):
-  mask = mask.astype(per_example.dtype)
-  return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+QIC_VARIANTS = ('sigmoid', 'softmax', 'am_softmax')  # config.loss.qic
 
 
 def qic_per_example(query, item, valid, loss: ml_collections.ConfigDict, log_q=None):
@@ -69,14 +70,14 @@ def pretrain_objective(out, batch, loss: ml_collections.ConfigDict):
   }
   metrics, total = {}, 0.0
   for name, (values, mask) in per_example.items():
-    value = _masked_mean(values, mask)
+    value = masked_average(values, mask)
     metrics[f'loss/{name}'] = value
     total = total + loss.weights[name] * value
   metrics['loss/total'] = total
   sims = out['qic_query'] @ out['qic_item'].T
   sims = jnp.where(valid, sims, -jnp.inf)
-  metrics['train/qic_accuracy'] = _masked_mean(
+  metrics['train/qic_accuracy'] = masked_average(
       jnp.argmax(sims, axis=1) == jnp.arange(sims.shape[0]), rows)
-  metrics['train/qim_accuracy'] = _masked_mean(
+  metrics['train/qim_accuracy'] = masked_average(
       (out['qim_logits'][:, 0] > out['qim_logits'][:, 1]), rows)
   return total, metrics

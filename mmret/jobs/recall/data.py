@@ -19,6 +19,9 @@ from mmret.data import prepare as prepare_lib
 from mmret.embeddings import hashing
 
 GROUPS = ('head', 'tail', 'cold')
+# The keys of the train step's batch (train_batch), in order.
+BATCH_KEYS = ('query_index', 'query_rows', 'positives', 'positive_rows', 'positive_mask',
+              'positive_log_q', 'negatives', 'negative_rows', 'negative_log_q')
 
 
 @dataclasses.dataclass

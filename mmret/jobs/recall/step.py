@@ -9,7 +9,7 @@ rows, and `sparse_optim.apply_rows` scatters the updated rows back.
   batch   query_index, query_rows int32 [B]; positives, positive_rows int32 [B, P];
           positive_mask bool [B, P]; positive_log_q float32 [B, P];
           negatives, negative_rows int32 [S]; negative_log_q float32 [S]
-          (recall_data.train_batch; `negative*` are replicated, the rest split over `batch`)
+          (data.train_batch; `negative*` are replicated, the rest split over `batch`)
   frozen  query_vectors [Qr, E], item_vectors [Nr, E], item_stats [Nr, 3],
           item_category int32 [Nr], item_cold_rows int32 [Nr] (needed with cold dropout only):
           fixed inputs (stage-1 vectors, train statistics, each item's cold ID row),
@@ -18,7 +18,7 @@ rows, and `sparse_optim.apply_rows` scatters the updated rows back.
 Cold-start dropout (DropoutNet, Volkovs et al. 2017; `cold_dropout` > 0): each item occurrence
 of the step (the B*P positive slots and the S negatives, independently) is, with probability
 `cold_dropout`, presented as a cold item is at evaluation: statistics zero (what
-recall_data.ItemStats.gate_features gives an item without train impressions) and ID input the
+data.ItemStats.gate_features gives an item without train impressions) and ID input the
 row its ID would look up if unseen (`item_cold_rows`: its hashed bucket, or the OOV row), read
 as a constant. The occurrence's own ID row gets no gradient (its row index becomes the padding
 id), and neither does the cold row: bucket rows stay untrained, as they are for the cold items
@@ -35,12 +35,12 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from mmret.embeddings import sparse_optim
 from mmret.embeddings import tables
-from mmret.losses import sampled_softmax
-from mmret.losses import triplet
+from mmret.jobs.recall.objective import recall_objective
 from mmret.towers import recall as recall_model
 from mmret.train import sharding as sharding_lib
 
@@ -59,74 +59,7 @@ class RecallState:
   item_table: sparse_optim.SparseTable
 
 
-def recall_objective(out: dict[str, jax.Array], batch: dict[str, jax.Array],
-                     loss: ml_collections.ConfigDict, fusion: str,
-                     dropped: jax.Array | None = None
-                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Masks, weights and reduces the per-example losses -> (scalar, metrics).
-
-  out: RecallModel outputs over items = B*P positives (row-major) followed by S negatives.
-  Gated fusion adds the Guangguang base losses: each view (ID, content) against the query
-  tower, and the triplet loss between an item's two views (negative: a sampled item's content).
-  dropped: bool [B*P + S], the cold-dropout mask (None: no dropout). The main loss keeps every
-  occurrence; the ID-view loss and the triplet leave out dropped positives.
-  """
-  mask = batch['positive_mask']
-  b, p = mask.shape
-  weight = mask.astype(jnp.float32)
-  denom = jnp.maximum(weight.sum(), 1.0)
-  hits = sampled_softmax.accidental_hits(batch['positives'], mask, batch['negatives'])
-  log_q = {}
-  if loss.logq_correction:
-    log_q = dict(positive_log_q=batch['positive_log_q'], negative_log_q=batch['negative_log_q'])
-
-  def softmax_loss(query, items, weight=weight, denom=denom):
-    pos = items[:b * p].reshape(b, p, -1)
-    per = sampled_softmax.sampled_softmax_loss(query, pos, items[b * p:],
-                                               temperature=loss.temperature, hits=hits, **log_q)
-    return jnp.sum(per * weight) / denom
-
-  main = softmax_loss(out['query_vec'], out['item_vec'])
-  metrics = {'loss/softmax': main}
-  total = main
-  m = b * p
-  kept = mask  # positives whose ID input is their own row
-  if dropped is not None:
-    kept = mask & ~dropped[:m].reshape(b, p)
-    metrics['train/cold_dropout_rate'] = jnp.mean(dropped.astype(jnp.float32))
-  if recall_model.is_gated(fusion):
-    q = out['query_base']
-    id_view = recall_model.l2_normalize(out['id_view'])
-    content = recall_model.l2_normalize(out['content_view'])
-    if dropped is None:
-      metrics['loss/id_view'] = softmax_loss(q, id_view)
-    else:
-      kept_weight = kept.astype(jnp.float32)
-      metrics['loss/id_view'] = softmax_loss(q, id_view, kept_weight,
-                                             jnp.maximum(kept_weight.sum(), 1.0))
-    metrics['loss/content_view'] = softmax_loss(q, content)
-    # Triplet: anchor = a positive's ID view, positive = its content view, negative = the
-    # content view of one of the step's sampled items (unless it is the same item).
-    s = batch['negatives'].shape[0]
-    pick = jnp.arange(m) % s
-    flat_pos = batch['positives'].reshape(-1)
-    valid = kept.reshape(-1) & (batch['negatives'][pick] != flat_pos)
-    per = triplet.triplet_margin_loss(id_view[:m], content[:m], content[m:][pick],
-                                      margin=loss.triplet_margin)
-    valid = valid.astype(jnp.float32)
-    metrics['loss/triplet'] = jnp.sum(per * valid) / jnp.maximum(valid.sum(), 1.0)
-    total = total + loss.view_weight * (metrics['loss/id_view'] + metrics['loss/content_view'])
-    total = total + loss.triplet_weight * metrics['loss/triplet']
-    metrics['train/gate_mean'] = jnp.sum(out['gate'][:m, 0] * mask.reshape(-1)) / denom
-    if dropped is not None:  # the gate on the positives presented as cold
-      cold = (mask.reshape(-1) & dropped[:m]).astype(jnp.float32)
-      metrics['train/gate_mean_dropped'] = (jnp.sum(out['gate'][:m, 0] * cold)
-                                            / jnp.maximum(cold.sum(), 1.0))
-  metrics['loss/total'] = total
-  return total, metrics
-
-
-def _item_inputs(frozen, item_index):
+def item_inputs(frozen, item_index):
   return (tables.lookup(frozen['item_vectors'], item_index),
           tables.lookup(frozen['item_stats'], item_index),
           jnp.take(frozen['item_category'], item_index, mode='fill', fill_value=0))
@@ -174,7 +107,7 @@ def train_step(state: RecallState, batch: dict[str, jax.Array], frozen: dict[str
       jnp.where(mask.reshape(-1), batch['positive_rows'].reshape(-1), item_pad),
       batch['negative_rows']])
   query_rows = batch['query_rows']
-  i_mm, stats, category = _item_inputs(frozen, item_index)
+  i_mm, stats, category = item_inputs(frozen, item_index)
   q_mm = tables.lookup(frozen['query_vectors'], batch['query_index'])
   use_ids = recall_model.uses_ids(fusion)
   dim = state.item_table.table.shape[1]
@@ -229,32 +162,30 @@ def make_train_step(model, tx, row_opt, loss, mesh, state: RecallState, frozen: 
                  out_shardings=(shard, sharding_lib.replicated(mesh)), donate_argnums=(0,))
 
 
-def to_device(batch: dict, mesh) -> dict[str, jax.Array]:
-  """Host batch -> global arrays (single process: each device takes its slice)."""
-  shardings = batch_shardings(mesh, batch)
-  return {k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: v[idx])
-          for k, v in batch.items()}
+def row_optimizer(c: ml_collections.ConfigDict) -> sparse_optim.RowOptimizer:
+  return sparse_optim.RowOptimizer(name=c.name, learning_rate=c.lr, eps=c.eps, b1=c.b1,
+                                   b2=c.b2, initial_accumulator=c.initial_accumulator)
 
 
-def make_encoders(model: recall_model.RecallModel):
-  """Jitted eval encoders: (state, frozen, index [C], rows [C]) -> vectors [C, D]."""
-  fusion = model.config.fusion
+def create_state(model, tx, row_opt, mesh, rules, *, num_query_rows, num_item_rows, dim,
+                 mm_dim, rng, table_scale) -> RecallState:
+  """Dense params replicated (small); ID tables and their slots created row-sharded."""
+  k_params, k_query, k_item = jax.random.split(rng, 3)
+  replicated = sharding_lib.replicated(mesh)
 
-  def ids(table, rows):
-    if recall_model.uses_ids(fusion):
-      return tables.lookup(table.table, rows)
-    return jnp.zeros((rows.shape[0], table.table.shape[1]), jnp.float32)
+  def init_params(key):
+    b = 2
+    return model.init(key, np.zeros((b, dim), np.float32), np.zeros((b, mm_dim), np.float32),
+                      np.zeros((b, dim), np.float32), np.zeros((b, mm_dim), np.float32),
+                      np.zeros((b, 3), np.float32), np.zeros((b,), np.int32))['params']
 
-  @jax.jit
-  def queries(state, frozen, index, rows):
-    q_mm = tables.lookup(frozen['query_vectors'], index)
-    return model.apply({'params': state.params}, ids(state.query_table, rows), q_mm,
-                       method=recall_model.RecallModel.encode_query)['query_vec']
-
-  @jax.jit
-  def items(state, frozen, index, rows):
-    i_mm, stats, category = _item_inputs(frozen, index)
-    return model.apply({'params': state.params}, ids(state.item_table, rows), i_mm, stats,
-                       category, method=recall_model.RecallModel.encode_item)['item_vec']
-
-  return queries, items
+  params = jax.jit(init_params, out_shardings=replicated)(k_params)
+  opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
+  table_sharding = tables.row_sharding(mesh, rules, 2)
+  query_table = row_opt.init(tables.create_table(k_query, num_query_rows, dim, table_sharding,
+                                                 scale=table_scale), mesh, rules)
+  item_table = row_opt.init(tables.create_table(k_item, num_item_rows, dim, table_sharding,
+                                                scale=table_scale), mesh, rules)
+  step = jax.device_put(np.zeros((), np.int32), replicated)
+  return RecallState(step=step, params=params, opt_state=opt_state,
+                                 query_table=query_table, item_table=item_table)

@@ -20,7 +20,7 @@ Batch (numpy, fixed shapes, G = 1 + H; slot 0 is the engaged item):
   H negatives), engaged float32 [B, G] (1 for slot 0, 0 for the negatives), page_index [B].
 
 Engagement label of an impression: `engaged` if logged, else click or purchase if either is
-(mmret.data.features.engagement_label); impressions without any label are not used. The page
+(`engagement_label`); impressions without any label are not used. The page
 of an impression is its page_id, else (query, day) (records.Dataset.page_keys). Each pass over
 a row draws its H negatives afresh (uniformly among the page's non-engaged items), seeded by
 the pipeline seed and the row's position in the stream, so a resumed iterator sees the same
@@ -41,7 +41,8 @@ from mmret.data import records
 from mmret.data import tokenizer as tokenizer_lib
 
 
-def _label(x: records.Interaction) -> float | None:
+def engagement_label(x: records.Interaction) -> float | None:
+  """1.0 / 0.0: engaged if logged, else clicked or bought if either is; None: no label."""
   if x.engaged is not None:
     return float(x.engaged)
   if x.click is not None or x.purchase is not None:
@@ -84,7 +85,7 @@ def page_examples(dataset: records.Dataset, split: str = 'train', max_page_negat
   pages: dict[Any, list] = {}
   for row, (x, s, key) in enumerate(zip(dataset.interactions, dataset.splits(),
                                         dataset.page_keys())):
-    label = _label(x)
+    label = engagement_label(x)
     if s != split or label is None:
       continue
     rank = (x.position if x.position is not None else 1 << 30, row)
@@ -210,7 +211,7 @@ def labelled_impressions(dataset: records.Dataset, split: str = 'eval') -> Label
   index = dataset.item_index()
   query, item, engaged, rel = [], [], [], []
   for x, s in zip(dataset.interactions, dataset.splits()):
-    label = _label(x)
+    label = engagement_label(x)
     if s != split or label is None:
       continue
     query.append(x.query)

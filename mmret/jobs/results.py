@@ -1,47 +1,13 @@
-"""Job registry: `config.job` -> the function that trains and evaluates it.
+"""results.json and the summary table a job prints.
 
-Each job is `train_and_evaluate(config, workdir) -> dict[str, float]`; `run` validates the
-config first, writes `<workdir>/results.json` and returns the results.
+Non-finite values (NaN is a legitimate eval value, e.g. an AUC with one class) are kept as
+floats here; `write_results` sorts the keys.
 """
 
-import importlib
 import json
 import math
 import pathlib
 import re
-
-import ml_collections
-
-from mmret.config import ConfigError, validate
-
-# Imported lazily so that a job's heavy dependencies load only when it runs.
-JOBS = {
-    'pretrain': 'mmret.train.pretrain:train_and_evaluate',     # stage 1, DESIGN.md §1
-    'recall': 'mmret.train.recall:train_and_evaluate',         # stage 2 + gated fusion, §2-3
-    'engage': 'mmret.train.engage:train_and_evaluate',         # Que2Engage multitask EBR, §4
-}
-
-
-def get_job(name: str):
-  if name not in JOBS:
-    raise ConfigError(f'config.job={name!r}: unknown job; choose from {sorted(JOBS)}.')
-  module, fn = JOBS[name].split(':')
-  return getattr(importlib.import_module(module), fn)
-
-
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-  import jax  # pylint: disable=g-import-not-at-top  (after jax.distributed.initialize)
-  job = get_job(config.job)
-  validate(config)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  primary = jax.process_index() == 0  # every process computes the same results; one writes
-  if primary:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-  results = job(config, workdir)
-  if primary:
-    write_results(workdir / 'results.json', results)
-  return results
 
 
 def write_results(path: pathlib.Path, results: dict[str, float]) -> None:

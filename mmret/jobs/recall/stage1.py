@@ -4,7 +4,8 @@ The recall model reads stage-1 vectors as fixed inputs (DESIGN.md §2). They com
 stage-1 workdir (`config.stage1_workdir`; by default `workdir/pretrain_default`, where
 `python -m mmret.launch` puts its run, relative to the current directory): if that directory
 holds a checkpoint at (or past) the stage-1 config's final step, the latest one is restored;
-otherwise the stage-1 job is run there first (resuming from whatever checkpoint it has).
+otherwise the stage-1 job is run there first (resuming from whatever checkpoint it has), by
+the `run_job` function the job registry passes in.
 The vectors are cached as .npy in the recall workdir, keyed by the stage-1 run (directory,
 checkpoint step, config) and the query list, so a retrained stage 1 is re-extracted:
 
@@ -14,6 +15,7 @@ checkpoint step, config) and the query list, so a retrained stage 1 is re-extrac
   <workdir>/stage1_vectors/item_vectors.npy   float32 [N, E], catalog order
 """
 
+from collections.abc import Callable
 import hashlib
 import json
 import pathlib
@@ -22,41 +24,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from mmret.data import pipelines
 from mmret.data import prepare as prepare_lib
-from mmret.towers.pretrain import PretrainModel
+from mmret.jobs.pretrain import data as pretrain_data
+from mmret.jobs.pretrain import evaluator as pretrain_evaluator
+from mmret.jobs.pretrain import model as pretrain_model
 from mmret.train import checkpoint as checkpoint_lib
-from mmret.train import optimizer as optimizer_lib
-from mmret.train import sharding as sharding_lib
-from mmret.train import state as state_lib
+
+RunJob = Callable[[ml_collections.ConfigDict, pathlib.Path], dict]
 
 
 def stage1_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   return pathlib.Path(config.stage1_workdir).expanduser() if config.stage1_workdir else (
       workdir / 'stage1')
-
-
-def _restore_stage1(stage1: ml_collections.ConfigDict, data: prepare_lib.PreparedData,
-                    directory: pathlib.Path):
-  """The stage-1 model and its restored train state (the structure of mmret.train.pretrain)."""
-  mesh = sharding_lib.make_mesh(stage1.mesh.shape, stage1.mesh.axes)
-  rules = sharding_lib.rules_from_config(stage1.axis_rules)
-  model = PretrainModel(stage1.model)
-  tx = optimizer_lib.make_optimizer(stage1.optim, stage1.train.num_steps)
-  sample = next(iter(pipelines.pretrain_pairs(
-      data.builder, data.tokenizer, batch_size=stage1.train.batch_size, seed=0,
-      query_len=stage1.data.query_len, title_len=stage1.data.title_len)))
-
-  def init_variables(rng):  # shapes only: the checkpoint overwrites every value
-    return model.init({'params': rng, 'dropout': rng, 'masking': rng}, sample, train=False)
-
-  state, _ = state_lib.create_sharded_state(
-      init_variables, tx, jax.random.key(stage1.seed), mesh, rules,
-      state_lib.step_key_data(stage1.seed + 1, stage1.train.rng_impl))
-  checkpointer = checkpoint_lib.Checkpointer(directory, every_steps=0)
-  state = checkpointer.restore(state, None)
-  checkpointer.close()
-  return model, state
 
 
 def _cache_key(stage1: ml_collections.ConfigDict, directory: pathlib.Path, step: int,
@@ -78,21 +57,20 @@ def _latest_step(directory: pathlib.Path) -> int | None:
 
 
 def load_or_extract(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                    data: prepare_lib.PreparedData, queries: list[str], log=print
-                    ) -> tuple[np.ndarray, np.ndarray]:
-  """(query vectors [len(queries), E], item vectors [N, E]) of the stage-1 model."""
+                    data: prepare_lib.PreparedData, queries: list[str], run_job: RunJob,
+                    log=print) -> tuple[np.ndarray, np.ndarray]:
+  """(query vectors [len(queries), E], item vectors [N, E]) of the stage-1 model.
+
+  run_job(config, workdir): runs a job (mmret.jobs.run), for a stage 1 that is missing.
+  """
   stage1 = config.stage1
-  with stage1.unlocked():  # as the stage-1 job sets them, so the cache key sees the same config
-    stage1.model.vocab_size = data.tokenizer.vocab_size
-    stage1.model.mask_token_id = data.tokenizer.mask_id
   directory = stage1_workdir(config, workdir)
   latest = _latest_step(directory)
   # A run trained past the config's num_steps (e.g. with a --config.train.num_steps override)
   # is finished too; its latest checkpoint is the one restored.
   if latest is None or latest < stage1.train.num_steps:
-    from mmret import jobs  # pylint: disable=g-import-not-at-top  (jobs imports this lazily)
     log(f'stage 1: no finished run in {directory}; running {stage1.job}:{stage1.variant} there')
-    jobs.run(stage1, directory)
+    run_job(stage1, directory)
     latest = _latest_step(directory)
 
   cache = workdir / 'stage1_vectors'
@@ -103,12 +81,12 @@ def load_or_extract(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     return np.load(cache / 'query_vectors.npy'), np.load(cache / 'item_vectors.npy')
 
   log(f'stage 1: restoring step {latest} in {directory}/checkpoints')
-  model, state = _restore_stage1(stage1, data, directory)
-  # The extractor is stage 1's own (pretrain.VectorExtractor): the same vectors its eval used.
-  from mmret.train import pretrain  # pylint: disable=g-import-not-at-top
-  extractor = pretrain.VectorExtractor(model, data, stage1, state.constants)
-  query_vectors = extractor.queries(state.params, list(queries))
-  item_vectors = extractor.items(state.params)
+  sample = next(iter(pretrain_data.pairs(stage1, data)))  # shapes for the restore target
+  model, state = pretrain_model.restore(stage1, data, directory, sample)
+  # Stage 1's own towers: the same vectors its evaluation used.
+  towers = pretrain_evaluator.Towers(model, data, stage1, state.constants)
+  query_vectors = towers.queries(state.params, list(queries))
+  item_vectors = towers.items(state.params)
   if jax.process_index() == 0:
     cache.mkdir(parents=True, exist_ok=True)
     key_file.unlink(missing_ok=True)

@@ -1,0 +1,71 @@
+"""The jobs: `config.job` -> the package that trains and evaluates it.
+
+  pretrain   stage 1: multimodal pre-training for retrieval (DESIGN.md §1)   mmret/jobs/pretrain
+  recall     stage 2: ID tables fused with stage-1 vectors (§2-3)            mmret/jobs/recall
+  engage     Que2Engage: engagement-aware multitask EBR (§4)                  mmret/jobs/engage
+
+Each job package has `job.train_and_evaluate(config, workdir, ...) -> dict[str, float]` and
+`config.validate(config)`. `run(config, workdir)` validates the config (generic checks, then the
+job's), writes `<workdir>/config.json`, runs the job (or, when `config.sweep.rows` is set, the
+sweep of mmret/jobs/sweep.py over it), and writes `<workdir>/results.json`.
+
+Job modules are imported lazily (a job's heavy dependencies load only when it runs) and never
+import this package: what a job needs from the registry, running another job (the recall job's
+stage 1, a sweep's rows), is passed to it as a function.
+"""
+
+import importlib
+import pathlib
+import time
+
+import ml_collections
+
+from mmret.config import ConfigError
+from mmret.config import validate as validate_generic
+from mmret.jobs import results as results_lib
+from mmret.jobs import sweep
+
+JOBS = ('pretrain', 'recall', 'engage')
+# Jobs that run other jobs get `run_job=run` (the recall job runs its missing stage 1).
+_RUNS_JOBS = ('recall',)
+
+
+def _module(name: str, part: str):
+  if name not in JOBS:
+    raise ConfigError(f'config.job={name!r}: unknown job; choose from {sorted(JOBS)}.')
+  return importlib.import_module(f'mmret.jobs.{name}.{part}')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """The generic checks and the job's own; raises ConfigError naming the key."""
+  job_config = _module(config.job, 'config')
+  validate_generic(config, num_devices)
+  job_config.validate(config, num_devices)
+  if config.get('sweep') is not None:
+    sweep.validate(config)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
+  """Runs `config.job` (or its sweep) in `workdir`; returns and writes its results."""
+  import jax  # pylint: disable=g-import-not-at-top  (after jax.distributed.initialize)
+  t_start = time.perf_counter()
+  job = _module(config.job, 'job')
+  validate(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  primary = jax.process_index() == 0  # every process computes the same results; one writes
+  if primary:
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  if config.get('sweep') is not None and config.sweep.rows:
+    results = sweep.run_sweep(config, workdir, run)
+  else:
+    extra = {'run_job': run} if config.job in _RUNS_JOBS else {}
+    results = job.train_and_evaluate(config, workdir, **extra)
+    results['perf/total_seconds'] = time.perf_counter() - t_start
+  if primary:
+    results_lib.write_results(workdir / 'results.json', results)
+  return results
+
+
+format_results = results_lib.format_results
+write_results = results_lib.write_results

@@ -1,0 +1,22 @@
+"""The stage-1 job's own config checks; its choices are declared by the code that owns them."""
+
+import ml_collections
+
+from mmret.config import checks as validate_lib
+from mmret.encoders import image
+from mmret.jobs.pretrain import objective
+from mmret.towers import config as model_config
+from mmret.towers import heads
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError naming the key (after the generic checks of mmret.config.checks).
+  num_devices: unused (no device-dependent check of its own)."""
+  del num_devices
+  validate_lib.check_choices(config, {
+      'model.pooling': heads.POOLINGS,
+      'model.retrieval_space': model_config.RETRIEVAL_SPACES,
+      'model.image_encoder': image.MODES,
+      'model.text_init': model_config.TEXT_INITS,
+      'loss.qic': objective.QIC_VARIANTS,
+  })

@@ -1,0 +1,61 @@
+"""Stage-1 evaluation: the model's query and item vectors -> Recall@K etc. (DESIGN.md §5), and
+the baselines that put them in context.
+
+    towers = Towers(model, data, config, constants)
+    q = towers.queries(params, texts)            # float32 [Q, D]
+    items = towers.items(params)                 # float32 [N, D], catalog order
+    results = evaluate(towers, params, config, data.eval_set)
+"""
+
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from mmret.data import pipelines
+from mmret.data import prepare as prepare_lib
+from mmret.evaluate import bm25
+from mmret.evaluate import retrieval
+from mmret.evaluate import vectors
+from mmret.towers.pretrain import PretrainModel
+
+
+class Towers:
+  """The query and item towers of a stage-1 model, jitted once, over text and the catalog."""
+
+  def __init__(self, model: PretrainModel, data: prepare_lib.PreparedData,
+               config: ml_collections.ConfigDict, constants: Any):
+    self.data, self.config = data, config
+    self._query = jax.jit(lambda p, b: model.apply({'params': p, **constants}, b,
+                                                   method=PretrainModel.encode_query))
+    self._item = jax.jit(lambda p, b: model.apply({'params': p, **constants}, b,
+                                                  method=PretrainModel.encode_item))
+
+  def queries(self, params, texts: list[str]) -> np.ndarray:
+    batches = pipelines.query_batches(texts, self.data.tokenizer, self.config.eval.batch_size,
+                                      self.config.data.query_len)
+    return vectors.extract(self._query, params, batches)
+
+  def items(self, params) -> np.ndarray:
+    batches = pipelines.item_batches(self.data.builder, self.data.tokenizer,
+                                     self.config.eval.batch_size, self.config.data.title_len)
+    return vectors.extract(self._item, params, batches)
+
+
+def evaluate(towers: Towers, params, config: ml_collections.ConfigDict, eval_set
+             ) -> dict[str, float]:
+  """Recall@K / relevance@K of the eval queries against the catalog (ScaNN and exact)."""
+  evaluator = retrieval.RetrievalEvaluator(eval_set, ks=tuple(config.eval.ks),
+                                           scann=config.eval.scann)
+  return evaluator.run(towers.queries(params, eval_set.queries), towers.items(params)).metrics
+
+
+def bm25_baseline(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData
+                  ) -> dict[str, float]:
+  """BM25 on titles (bm25s): 'baseline/bm25/<metric>'."""
+  eval_set = data.eval_set
+  ids = bm25.bm25_topk(eval_set.queries, [it.title for it in data.dataset.items],
+                       max(config.eval.ks))
+  base = retrieval.evaluate_ranking(ids, eval_set, tuple(config.eval.ks))
+  return {f'baseline/bm25/{k}': v for k, v in base.items()}

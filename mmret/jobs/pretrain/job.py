@@ -1,0 +1,60 @@
+"""The stage-1 job: multimodal pre-training (DESIGN.md §1), then retrieval evaluation (§5).
+
+`train_and_evaluate(config, workdir)` is the whole job and is importable from a notebook; the
+shared runner (mmret/train/runner.py) owns the mesh, state, checkpoints and loop, and the
+generic step (mmret/train/step.py) is applied to this job's model and objective.
+"""
+
+import functools
+import pathlib
+
+import ml_collections
+
+from mmret.data import prepare as prepare_lib
+from mmret.jobs.pretrain import data as data_lib
+from mmret.jobs.pretrain import evaluator
+from mmret.jobs.pretrain import model as model_lib
+from mmret.jobs.pretrain import objective
+from mmret.train import runner as runner_lib
+from mmret.train import state as state_lib
+from mmret.train import step as step_lib
+from mmret.train.progress import info
+
+PRINT_KEYS = ('loss/total', 'loss/qic', 'loss/qim', 'loss/mlm_title', 'loss/mpm',
+              'train/qic_accuracy')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+                       ) -> dict[str, float]:
+  """Pre-trains on `config.data`, evaluates Recall@K etc., returns the flat results dict."""
+  data = prepare_lib.prepare(config.data)
+  info(f'data: {data.summary()}')
+  runner = runner_lib.Runner(config, workdir)
+  model = model_lib.build_model(config, data)
+  tx = runner.optimizer()
+  train = data_lib.TrainInput(config, data, runner.mesh)
+  init = model_lib.Initialiser(model, train.sample, model_lib.fit_codebook(config, data))
+  state, shardings = runner.create_state(init, tx)
+  state = model_lib.init_text_encoder(config, state, tx, shardings)
+  info(f'model: {state_lib.param_count(state.params):,} parameters; '
+       f'mesh {dict(runner.mesh.shape)}')
+
+  step_fn = step_lib.make_train_step(
+      model, tx, functools.partial(objective.pretrain_objective, loss=config.loss), runner.mesh,
+      shardings, rng_streams=model_lib.RNG_STREAMS, rng_impl=config.train.rng_impl)
+  trained = runner.train(state, step_fn, train.iterator, train.next_batch,
+                         print_keys=PRINT_KEYS)
+
+  towers = evaluator.Towers(model, data, config, trained.state.constants)
+  # Every process computes the vectors (cheap next to training); the metrics are identical.
+  results = evaluator.evaluate(towers, trained.state.params, config, data.eval_set)
+  if 'random_init' in config.eval.baselines:
+    # The same architecture and init RNG, untrained and without pretrained text weights.
+    random_state, _ = runner.create_state(init, tx)
+    base = evaluator.evaluate(towers, random_state.params, config, data.eval_set)
+    results.update({f'baseline/random_init/{k}': v for k, v in base.items()
+                    if not k.startswith('scann_neighbour')})
+    del random_state
+  if 'bm25' in config.eval.baselines:
+    results.update(evaluator.bm25_baseline(config, data))
+  return runner.epilogue(results, trained)

@@ -1,0 +1,68 @@
+"""The stage-1 model of a config and its prepared data: built, initialised, restored.
+
+Values that come from the data (the tokenizer's vocabulary size and [MASK] id, the MPM
+codebook fitted on catalog images) are passed to the model here; the config is never edited.
+"""
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+
+from mmret.data import prepare as prepare_lib
+from mmret.encoders import bert_import
+from mmret.towers import masking
+from mmret.towers.pretrain import PretrainModel
+from mmret.towers.pretrain import set_codebook
+from mmret.train import runner as runner_lib
+from mmret.train import state as state_lib
+
+RNG_STREAMS = ('dropout', 'masking')
+
+
+def build_model(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData
+                ) -> PretrainModel:
+  return PretrainModel(config.model, vocab_size=data.tokenizer.vocab_size,
+                       mask_token_id=data.tokenizer.mask_id)
+
+
+@dataclasses.dataclass
+class Initialiser:
+  """init_variables(rng) for Runner.create_state: model.init on a sample batch, with the MPM
+  codebook (fitted once, on catalog images) set when `codebook` is given."""
+  model: PretrainModel
+  sample: dict[str, Any]
+  codebook: Any = None
+
+  def __call__(self, rng: jax.Array):
+    variables = self.model.init({name: rng for name in ('params', *RNG_STREAMS)}, self.sample,
+                                train=False)
+    return variables if self.codebook is None else set_codebook(variables, self.codebook)
+
+
+def fit_codebook(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData):
+  return masking.fit_mpm_codebook(data.sample_images(seed=config.seed), config.model.patch_size,
+                                  config.model.mpm_classes, seed=config.seed,
+                                  grid=config.model.mpm_grid)
+
+
+def init_text_encoder(config: ml_collections.ConfigDict, state: state_lib.TrainState, tx,
+                      shardings) -> state_lib.TrainState:
+  """Imports the pretrained text encoder into `state` when config.model.text_init asks."""
+  if config.model.text_init != 'minilm':
+    return state
+  params = bert_import.init_text_encoder_from_minilm({'params': state.params})['params']
+  return state_lib.replace_params(state, tx, params, shardings)
+
+
+def restore(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData,
+            directory: pathlib.Path, sample: dict[str, Any]
+            ) -> tuple[PretrainModel, state_lib.TrainState]:
+  """The model and the latest train state of a stage-1 run in `directory` (its checkpoint
+  overwrites every value, so init is for shapes and shardings only)."""
+  runner = runner_lib.Runner(config, directory)
+  model = build_model(config, data)
+  state, _ = runner.create_state(Initialiser(model, sample), runner.optimizer())
+  return model, runner.restore(state, None)
