@@ -85,7 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.batch_size = 32 if tiny else 256
   c.eval.scann = True
   # Baselines reported beside the trained model (names: 'bm25', 'random_init').
-  c.eval.baselines = ('bm25', 'random_init')
+  # pretrained_init: the model as initialised (the imported text encoder, untrained), the
+  # baseline a pretrained encoder must beat; evaluated when model.text_init imports weights.
+  c.eval.baselines = ('bm25', 'pretrained_init', 'random_init')
 
   # Data parallel over all devices by default; `model` shards vocab/mlp/heads when > 1.
   c.mesh = ml_collections.ConfigDict()

@@ -29,6 +29,10 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, for jax.distributed.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False,
+    'Resume a workdir whose run had another config (by default only train.num_steps, '
+    'logging, checkpointing and eval keys may change; the others are listed and refused).')
 
 
 def main(argv):
@@ -47,7 +51,7 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('workdir', f'{config.job}_{config.get("variant", "x")}')
   try:
-    results = jobs.run(config, workdir)
+    results = jobs.run(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (ConfigError, DataError) as e:
     # The user's config or data is wrong: say which key / record, without a traceback.
     print(f'mmret: error: {e}', file=sys.stderr)

@@ -46,11 +46,19 @@ def masked_average(values: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """x / max(||x||, eps) along the last axis, in float32 (finite for a zero vector)."""
-  x = x.astype(jnp.float32)
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+# The floor of ||x|| in l2_normalize, for every vector mmret normalises (towers, losses).
+NORM_FLOOR = 1e-6
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """x [..., D] / max(||x||, NORM_FLOOR) along the last axis, in float32 at least (bfloat16
+  inputs are upcast; float64 stays float64).
+
+  One rsqrt of the floored squared norm: finite value and gradient for a zero vector.
+  """
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True),
+                                       NORM_FLOOR * NORM_FLOOR))
 
 
 def padded_size(n: int, multiple: int) -> int:

@@ -115,3 +115,20 @@ def test_model_axis_must_divide_the_sharded_dimensions():
     config.mesh.shape = (1, 8)
   with pytest.raises(ConfigError, match=r'model\.heads=4 .* model mesh axis'):
     validate(config, num_devices=8)
+
+
+@pytest.mark.parametrize('override, match', [
+    ({'optim.lr': -1.0}, r'optim\.lr=-1\.0: must be > 0'),
+    ({'optim.lr': 0.0}, r'optim\.lr=0\.0: must be > 0'),
+    ({'optim.weight_decay': -0.1}, r'optim\.weight_decay=-0\.1: must be >= 0'),
+    ({'optim.name': 'adam'}, r'optim\.weight_decay=0\.01 has no effect with optim\.name=.adam.'),
+    ({'data.image_size': 0}, r"data\.image_size'=0: must be a positive integer"),
+    ({'eval.baselines': ('bm25', 'bm52')}, r"eval\.baselines: unknown baseline 'bm52'"),
+])
+def test_values_that_would_be_silently_wrong_are_refused(override, match):
+  config = load_config('configs/pretrain.py:tiny', override)
+  with pytest.raises(ConfigError, match=match):
+    validate(config, num_devices=1)
+  # The project's own configs pass (adam configs set weight_decay 0).
+  for spec in ('configs/engage.py:tiny', 'configs/recall.py:tiny'):
+    validate(load_config(spec), num_devices=1)

@@ -43,6 +43,14 @@ def test_tiny_run_writes_every_metric(tiny_run):
   assert recalls == sorted(recalls) and recalls[-1] == pytest.approx(1.0)
   assert results['train/steps'] == 4
   assert all(v == v for v in results.values())  # no NaN anywhere
+  # The tiny model has no imported encoder, so "as initialised" is the random init: the two
+  # baselines agree exactly (the pretrained_init copy was taken before training changed the
+  # params), and the trained model differs from both.
+  initial = {k[len('baseline/pretrained_init/'):]: v for k, v in results.items()
+             if k.startswith('baseline/pretrained_init/')}
+  assert initial and initial == {k[len('baseline/random_init/'):]: v for k, v in results.items()
+                                 if k.startswith('baseline/random_init/')}
+  assert any(results[k] != v for k, v in initial.items())
   # The summary table is printed, with the model's row and the baselines.
   assert 'recall/exact' in proc.stdout and 'baseline/bm25' in proc.stdout
   # Checkpoints, TensorBoard events and the resolved config are in the workdir.

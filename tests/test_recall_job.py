@@ -52,7 +52,7 @@ def test_rerun_resumes_and_continues(tiny_run, capsys):
   out = capsys.readouterr().out
   assert 'cached vectors' in out                              # stage 1 not redone
   assert 'gate_add: resumed from' in out and 'at step 4' in out
-  assert '[step 6]' in out and '[step 2]' not in out          # only steps 5-6 trained
+  assert '[step 6/6]' in out and '[step 2/' not in out        # only steps 5-6 trained
   assert (workdir / 'gate_add' / 'checkpoints' / '6').is_dir()
   assert math.isfinite(results['gate_add/recall@100'])
   assert results['gate_add/loss/total'] != first['gate_add/loss/total']

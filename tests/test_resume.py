@@ -58,7 +58,7 @@ def interrupt_at(cmd, env, step, sig):
                           stderr=subprocess.PIPE, text=True)
   try:
     for line in proc.stdout:
-      if line.startswith(f'[step {step}]'):
+      if line.startswith(f'[step {step}/'):
         proc.send_signal(sig)
         break
     proc.stdout.read()

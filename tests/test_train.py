@@ -154,3 +154,26 @@ def test_nan_guard_names_step_and_metric():
   logger.log(3, {'loss/total': jnp.float32(1.0)})
   with pytest.raises(metrics_log.NonFiniteError, match=r"step 7: .*loss/qic"):
     logger.log(7, {'loss/total': jnp.float32(1.0), 'loss/qic': jnp.float32(np.nan)})
+
+
+def test_progress_line_has_total_rates_and_eta(capsys, monkeypatch):
+  clock = [100.0]
+  monkeypatch.setattr(metrics_log.time, 'perf_counter', lambda: clock[0])
+  logger = metrics_log.MetricsLogger(None, total_steps=100, batch_size=32, prefix='v ')
+  logger.reset_clock(10)
+  clock[0] += 2.0  # 10 steps in 2 s: 5 steps/s, 160 examples/s, 80 steps left: 16 s
+  host = logger.log(20, {'loss/total': jnp.float32(1.5)}, print_keys=('loss/total',))
+  assert host['perf/steps_per_sec'] == 5.0
+  assert capsys.readouterr().out.strip() == (
+      'v [step 20/100] loss/total=1.5 | 5 steps/s, 160 ex/s, ETA 16s')
+  assert metrics_log.format_seconds(76) == '1m16s' and metrics_log.format_seconds(3725) == '1h02m'
+
+
+def test_compile_timer_sees_a_new_compilation():
+  from mmret.train import compile_time  # pylint: disable=g-import-not-at-top
+  f = jax.jit(lambda x: jnp.tanh(x) @ x.T + 3.0)
+  with compile_time.CompileTimer() as first:
+    f(jnp.ones((17, 19))).block_until_ready()
+  with compile_time.CompileTimer() as cached:
+    f(jnp.ones((17, 19))).block_until_ready()
+  assert first.seconds > 0.0 and cached.seconds == 0.0

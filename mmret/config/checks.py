@@ -87,6 +87,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if 'checkpoint_every' in config.train and config.train.checkpoint_every < 0:
       raise ConfigError('config key train.checkpoint_every must be >= 0 (0 disables).')
 
+  if 'optim' in config:
+    _check_optim(config.optim)
+
   if 'loss' in config:
     for name, weight in config.loss.get('weights', {}).items():
       if weight < 0:
@@ -103,6 +106,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if source != 'synthshop' and not pathlib.Path(source).expanduser().is_dir():
       raise ConfigError(f'config key data.source={source!r}: not "synthshop" and not a '
                         'directory in the bring-your-own-data format (docs/DATA.md).')
+    if 'image_size' in config.data:
+      positive_int(config, 'data.image_size')
     if 'image_size' in config.data and 'model' in config:
       patch = config.model.get('patch_size')
       if patch and config.data.image_size % patch:
@@ -111,6 +116,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
   if 'mesh' in config and 'train' in config:
     _check_mesh(config, num_devices)
+
+
+def _check_optim(optim: ml_collections.ConfigDict) -> None:
+  """A learning rate that trains, and no key the chosen optimizer would ignore."""
+  lr = optim.get('lr')
+  if lr is not None and (isinstance(lr, bool) or not lr > 0):
+    raise ConfigError(f'config key optim.lr={lr!r}: must be > 0.')
+  decay = optim.get('weight_decay', 0.0)
+  if decay < 0:
+    raise ConfigError(f'config key optim.weight_decay={decay}: must be >= 0.')
+  if decay and optim.get('name') != 'adamw':
+    raise ConfigError(f'config key optim.weight_decay={decay} has no effect with '
+                      f'optim.name={optim.get("name")!r}: set it to 0, or use adamw.')
 
 
 def _check_mesh(config, num_devices):

@@ -14,6 +14,7 @@ import this package: what a job needs from the registry, running another job (th
 stage 1, a sweep's rows), is passed to it as a function.
 """
 
+import contextlib
 import importlib
 import pathlib
 import time
@@ -24,6 +25,7 @@ from mmret.config import ConfigError
 from mmret.config import validate as validate_generic
 from mmret.jobs import results as results_lib
 from mmret.jobs import sweep
+from mmret.jobs import workdir as workdir_lib
 
 JOBS = ('pretrain', 'recall', 'engage')
 # Jobs that run other jobs get `run_job=run` (the recall job runs its missing stage 1).
@@ -45,25 +47,36 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     sweep.validate(config)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-  """Runs `config.job` (or its sweep) in `workdir`; returns and writes its results."""
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+        allow_config_change: bool = False) -> dict[str, float]:
+  """Runs `config.job` (or its sweep) in `workdir`; returns and writes its results.
+
+  The workdir is locked for the whole job (mmret/jobs/workdir.py); a workdir holding a run of
+  another config is refused unless `allow_config_change`; config.json is written (atomically)
+  only once the config is accepted, and results.json only when the job has finished.
+  """
   import jax  # pylint: disable=g-import-not-at-top  (after jax.distributed.initialize)
   t_start = time.perf_counter()
   job = _module(config.job, 'job')
   validate(config)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   primary = jax.process_index() == 0  # every process computes the same results; one writes
-  if primary:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-  if config.get('sweep') is not None and config.sweep.rows:
-    results = sweep.run_sweep(config, workdir, run)
-  else:
-    extra = {'run_job': run} if config.job in _RUNS_JOBS else {}
-    results = job.train_and_evaluate(config, workdir, **extra)
-    results['perf/total_seconds'] = time.perf_counter() - t_start
-  if primary:
-    results_lib.write_results(workdir / 'results.json', results)
+  with workdir_lib.lock(workdir) if primary else contextlib.nullcontext():
+    workdir_lib.check_resume(workdir, config, allow_config_change)
+    if primary:
+      workdir_lib.write_text_atomic(workdir / 'config.json',
+                                    config.to_json_best_effort(indent=2, sort_keys=True))
+    previous = workdir / 'results.json'
+    previous = results_lib.read_results(previous) if previous.is_file() else {}
+    if config.get('sweep') is not None and config.sweep.rows:
+      results = sweep.run_sweep(config, workdir, run)
+    else:
+      extra = {'run_job': run} if config.job in _RUNS_JOBS else {}
+      results = job.train_and_evaluate(config, workdir, **extra)
+      results = results_lib.keep_train_keys(results, previous)
+      results['perf/total_seconds'] = time.perf_counter() - t_start
+    if primary:
+      results_lib.write_results(workdir / 'results.json', results)
   return results
 
 

@@ -1,7 +1,8 @@
 """results.json and the summary table a job prints.
 
-Non-finite values (NaN is a legitimate eval value, e.g. an AUC with one class) are kept as
-floats here; `write_results` sorts the keys.
+results.json is strict JSON: a non-finite value (NaN is a legitimate eval value, e.g. an AUC
+over one class) is written as null and read back as NaN; keys are sorted; the file is replaced
+atomically, so a failing run never leaves half of one.
 """
 
 import json
@@ -9,10 +10,34 @@ import math
 import pathlib
 import re
 
+from mmret.jobs import workdir as workdir_lib
+
+# Keys of what training measured; a rerun that trains nothing keeps them from the last run.
+_TRAIN_KEY = re.compile(r'(^|/)(loss|train)/')
+
 
 def write_results(path: pathlib.Path, results: dict[str, float]) -> None:
-  flat = {k: (float(v) if isinstance(v, float) else v) for k, v in sorted(results.items())}
-  path.write_text(json.dumps(flat, indent=2, sort_keys=True) + '\n')
+  flat = {}
+  for key, value in sorted(results.items()):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      value = float(value) if math.isfinite(value) else None
+    flat[key] = value
+  workdir_lib.write_text_atomic(path, json.dumps(flat, indent=2, sort_keys=True,
+                                                 allow_nan=False) + '\n')
+
+
+def read_results(path: pathlib.Path) -> dict[str, float]:
+  """results.json -> dict, null read back as NaN."""
+  return {k: (math.nan if v is None else v) for k, v in json.loads(path.read_text()).items()}
+
+
+def keep_train_keys(results: dict[str, float], previous: dict[str, float]) -> dict[str, float]:
+  """A rerun of a finished job evaluates without training: the last run's loss/* and train/*
+  keys (per variant too, e.g. gate_add/loss/total) are carried over where the rerun has none."""
+  for key, value in previous.items():
+    if _TRAIN_KEY.search(key) and key not in results:
+      results[key] = value
+  return results
 
 
 _AT_K = re.compile(r'^(?:(?P<group>.+)/)?(?P<metric>[a-z_]+)@(?P<k>\d+)(?P<suffix>/[a-z_]+)?$')

@@ -20,7 +20,6 @@ killed sweep resumes (and a run killed mid-training resumes from its own checkpo
 
 from collections.abc import Callable, Sequence
 import copy
-import json
 import pathlib
 import time
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from mmret.config import ConfigError
 from mmret.config import apply_overrides
+from mmret.jobs import results as results_lib
 from mmret.train.progress import info
 
 
@@ -137,7 +137,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       done = run_dir / 'results.json'
       if done.is_file():
         info(f'sweep: {row}/seed{seed} done before, reading {done}')
-        results = json.loads(done.read_text())
+        results = results_lib.read_results(done)
       else:
         info(f'sweep: {row}/seed{seed} ({time.perf_counter() - t0:.0f}s so far)')
         results = run(row_config(config, row, seed), run_dir)

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmret.ops import l2_normalize
+
 
 def similarity_valid_mask(item_index: jax.Array, query_index: jax.Array | None = None
                           ) -> jax.Array:
@@ -46,11 +48,6 @@ def _candidates(valid: jax.Array) -> jax.Array:
   """valid [B, B] -> bool [B, B] with the diagonal (the positives) always set."""
   valid = jnp.asarray(valid, bool)
   return valid | jnp.eye(valid.shape[0], dtype=bool)
-
-
-def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x [..., D] / ||x||, with the norm floored at sqrt(eps) (finite value and gradient at 0)."""
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
 def _in_batch_softmax_ce(logits: jax.Array, valid: jax.Array, symmetric: bool) -> jax.Array:
@@ -173,7 +170,7 @@ def qic_am_softmax(query: jax.Array, item: jax.Array, valid: jax.Array, *, scale
   Returns:
     float [B]: `-log( e^{s(cos_ii - m)} / (e^{s(cos_ii - m)} + sum_{j != i valid} e^{s cos_ij}) )`.
   """
-  cos = _l2_normalize(query) @ _l2_normalize(item).T  # [B, B]
+  cos = l2_normalize(query) @ l2_normalize(item).T  # [B, B]
   cos = cos - margin * jnp.eye(cos.shape[0], dtype=cos.dtype)
   return _in_batch_softmax_ce(_logq_corrected(scale * cos, log_q), valid, symmetric)
 

@@ -13,15 +13,13 @@ Cosine-based distances keep the margin meaningful whatever the towers' norms.
 import jax
 import jax.numpy as jnp
 
-
-def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+from mmret.ops import l2_normalize
 
 
 def triplet_margin_loss(anchor: jax.Array, positive: jax.Array, negative: jax.Array, *,
                         margin: float = 0.5) -> jax.Array:
   """anchor, positive, negative float [N, D] -> float [N] per-triplet hinge losses."""
-  a, p, n = _normalize(anchor), _normalize(positive), _normalize(negative)
+  a, p, n = l2_normalize(anchor), l2_normalize(positive), l2_normalize(negative)
   d_pos = jnp.sum(jnp.square(a - p), axis=-1)
   d_neg = jnp.sum(jnp.square(a - n), axis=-1)
   return jax.nn.relu(margin + d_pos - d_neg)

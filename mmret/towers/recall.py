@@ -27,11 +27,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mmret.ops import l2_normalize
+
 FUSIONS = ('id_only', 'mm_only', 'add', 'concat', 'gate_add', 'gate_concat')
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
 def uses_ids(fusion: str) -> bool:

@@ -18,9 +18,13 @@ import pathlib
 import time
 from typing import Any
 
+import jax
+
 from mmret.train import checkpoint as checkpoint_lib
+from mmret.train import compile_time
 from mmret.train import metrics_log
 from mmret.train import preemption
+from mmret.train import progress
 
 
 def run(state: Any, step_fn: Callable[[Any, Any], tuple[Any, dict]],
@@ -43,7 +47,10 @@ def run(state: Any, step_fn: Callable[[Any, Any], tuple[Any, dict]],
   tic = time.perf_counter()
   with preemption.PreemptionGuard(sync_every=log_every) as guard:
     for step in range(first_step, num_steps + 1):
-      state, metrics = step_fn(state, next_batch(step))
+      if step == first_step:
+        state, metrics = _first_step(step_fn, state, next_batch(step), step, logger)
+      else:
+        state, metrics = step_fn(state, next_batch(step))
       save = checkpointer.should_save(step) or step == num_steps
       stop = guard.should_stop(step)
       if step % log_every == 0 or save or stop:
@@ -55,3 +62,17 @@ def run(state: Any, step_fn: Callable[[Any, Any], tuple[Any, dict]],
         logger.close()
         guard.exit(step, workdir)
   return state, last, time.perf_counter() - tic
+
+
+def _first_step(step_fn, state, batch, step: int, logger: metrics_log.MetricsLogger):
+  """The first step of a run compiles the step: say so, and how long it took, and restart the
+  logger's clock so that steps/s and the ETA measure the steps that follow."""
+  progress.info(f'{logger.prefix}step {step}: compiling the train step ...')
+  tic = time.perf_counter()
+  with compile_time.CompileTimer() as timer:
+    state, metrics = step_fn(state, batch)
+    jax.block_until_ready(metrics)
+  progress.info(f'{logger.prefix}step {step}: compiled in {timer.seconds:.1f}s '
+                f'(first step {time.perf_counter() - tic:.1f}s in all)')
+  logger.reset_clock(step)
+  return state, metrics

@@ -108,7 +108,8 @@ class Runner:
     workdir = pathlib.Path(workdir or self.workdir)
     state = self.restore(state, train_iter, workdir, name=log_prefix)
     checkpointer = checkpoint_lib.Checkpointer(workdir, every_steps=c.checkpoint_every)
-    logger = metrics_log.MetricsLogger(workdir, prefix=log_prefix)
+    logger = metrics_log.MetricsLogger(workdir, prefix=log_prefix, total_steps=c.num_steps,
+                                       batch_size=c.batch_size)
     first_step = int(state.step) + 1
     with self.context():
       state, last, seconds = loop.run(

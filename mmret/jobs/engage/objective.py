@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmret.losses import engagement as losses
+from mmret.ops import masked_average
 
 
 def engage_objective(out: dict[str, jax.Array], batch: dict[str, jax.Array],
@@ -48,7 +49,7 @@ def engage_objective(out: dict[str, jax.Array], batch: dict[str, jax.Array],
   pair_cos = jnp.einsum('be,bge->bg', q, d, preferred_element_type=jnp.float32)  # [B, G]
   bce = losses.engagement_loss(pair_cos, batch['engaged'], scale=loss.scale)      # [B, G]
   w = doc_mask.astype(jnp.float32)
-  engagement = jnp.sum(bce * w) / jnp.maximum(jnp.sum(w), 1.0)
+  engagement = masked_average(bce, w)
 
   l_rel = jnp.mean(relevance)
   total = loss.weights.relevance * l_rel + loss.weights.engagement * engagement
@@ -58,7 +59,7 @@ def engage_objective(out: dict[str, jax.Array], batch: dict[str, jax.Array],
       'loss/total': total, 'loss/relevance': l_rel, 'loss/engagement': engagement,
       'train/accuracy': jnp.mean(jnp.argmax(masked, axis=1) == positive_column),
       'train/positive_cos': jnp.mean(pair_cos[:, 0]),
-      'train/page_negative_cos': jnp.sum(pair_cos * neg_w) / jnp.maximum(jnp.sum(neg_w), 1.0),
+      'train/page_negative_cos': masked_average(pair_cos, neg_w),
   }
   for name in ('text', 'image', 'context'):
     if f'keep_{name}' in out:

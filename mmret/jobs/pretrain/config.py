@@ -2,11 +2,16 @@
 
 import ml_collections
 
+from mmret.config import ConfigError
 from mmret.config import checks as validate_lib
 from mmret.encoders import image
 from mmret.jobs.pretrain import objective
 from mmret.towers import config as model_config
 from mmret.towers import heads
+
+# config.eval.baselines: BM25 on titles; the model as initialised (with its imported text
+# encoder, untrained); the same architecture randomly initialised.
+BASELINES = ('bm25', 'pretrained_init', 'random_init')
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -20,3 +25,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       'model.text_init': model_config.TEXT_INITS,
       'loss.qic': objective.QIC_VARIANTS,
   })
+  for name in config.eval.get('baselines', ()):
+    if name not in BASELINES:
+      raise ConfigError(f'config key eval.baselines: unknown baseline {name!r}; choose from '
+                        f'{BASELINES}.')

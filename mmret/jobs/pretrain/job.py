@@ -8,6 +8,8 @@ generic step (mmret/train/step.py) is applied to this job's model and objective.
 import functools
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from mmret.data import prepare as prepare_lib
@@ -38,6 +40,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   state = model_lib.init_text_encoder(config, state, tx, shardings)
   info(f'model: {state_lib.param_count(state.params):,} parameters; '
        f'mesh {dict(runner.mesh.shape)}')
+  # The baseline that matters for an imported encoder: the same model before any training
+  # (with text_init='random' it is the random_init baseline). A copy: training donates the
+  # state's buffers.
+  initial = (jax.tree.map(jnp.copy, state.params)
+             if 'pretrained_init' in config.eval.baselines else None)
 
   step_fn = step_lib.make_train_step(
       model, tx, functools.partial(objective.pretrain_objective, loss=config.loss), runner.mesh,
@@ -48,6 +55,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   towers = evaluator.Towers(model, data, config, trained.state.constants)
   # Every process computes the vectors (cheap next to training); the metrics are identical.
   results = evaluator.evaluate(towers, trained.state.params, config, data.eval_set)
+  if initial is not None:
+    base = evaluator.evaluate(towers, initial, config, data.eval_set)
+    results.update({f'baseline/pretrained_init/{k}': v for k, v in base.items()
+                    if not k.startswith('scann_neighbour')})
+    del initial
   if 'random_init' in config.eval.baselines:
     # The same architecture and init RNG, untrained and without pretrained text weights.
     random_state, _ = runner.create_state(init, tx)

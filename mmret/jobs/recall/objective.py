@@ -7,6 +7,7 @@ import ml_collections
 
 from mmret.losses import sampled_softmax
 from mmret.losses import triplet
+from mmret.ops import l2_normalize, masked_average
 from mmret.towers import recall as recall_model
 
 
@@ -47,8 +48,8 @@ def recall_objective(out: dict[str, jax.Array], batch: dict[str, jax.Array],
     metrics['train/cold_dropout_rate'] = jnp.mean(dropped.astype(jnp.float32))
   if recall_model.is_gated(fusion):
     q = out['query_base']
-    id_view = recall_model.l2_normalize(out['id_view'])
-    content = recall_model.l2_normalize(out['content_view'])
+    id_view = l2_normalize(out['id_view'])
+    content = l2_normalize(out['content_view'])
     if dropped is None:
       metrics['loss/id_view'] = softmax_loss(q, id_view)
     else:
@@ -64,14 +65,12 @@ def recall_objective(out: dict[str, jax.Array], batch: dict[str, jax.Array],
     valid = kept.reshape(-1) & (batch['negatives'][pick] != flat_pos)
     per = triplet.triplet_margin_loss(id_view[:m], content[:m], content[m:][pick],
                                       margin=loss.triplet_margin)
-    valid = valid.astype(jnp.float32)
-    metrics['loss/triplet'] = jnp.sum(per * valid) / jnp.maximum(valid.sum(), 1.0)
+    metrics['loss/triplet'] = masked_average(per, valid)
     total = total + loss.view_weight * (metrics['loss/id_view'] + metrics['loss/content_view'])
     total = total + loss.triplet_weight * metrics['loss/triplet']
     metrics['train/gate_mean'] = jnp.sum(out['gate'][:m, 0] * mask.reshape(-1)) / denom
     if dropped is not None:  # the gate on the positives presented as cold
-      cold = (mask.reshape(-1) & dropped[:m]).astype(jnp.float32)
-      metrics['train/gate_mean_dropped'] = (jnp.sum(out['gate'][:m, 0] * cold)
-                                            / jnp.maximum(cold.sum(), 1.0))
+      metrics['train/gate_mean_dropped'] = masked_average(out['gate'][:m, 0],
+                                                          mask.reshape(-1) & dropped[:m])
   metrics['loss/total'] = total
   return total, metrics
