@@ -67,3 +67,26 @@ def test_sample_images_only_draws_items_with_images(prepared):
   with_image = sum(it.image is not None for it in prepared.dataset.items)
   assert images.shape == (with_image, 32, 32, 3) and images.dtype == np.uint8
   assert 'items' in prepared.summary()
+
+
+def test_a_text_only_catalog_pretrains_and_evaluates(tmp_path, capsys):
+  # docs/DATA.md: nothing optional is an error. Without any image the image tasks switch off
+  # with one line, and the run trains and evaluates end to end.
+  from mmret import jobs  # pylint: disable=g-import-not-at-top
+  source = tmp_path / 'byod'
+  source.mkdir()
+  items = [json.loads(line) for line in (FIXTURE / 'items.jsonl').read_text().splitlines()]
+  (source / 'items.jsonl').write_text(
+      ''.join(json.dumps({k: v for k, v in it.items() if k != 'image'}) + '\n' for it in items))
+  for name in ('interactions.jsonl', 'queries.jsonl'):
+    (source / name).write_text((FIXTURE / name).read_text())
+  config = load_config('configs/pretrain.py:tiny', {
+      'data.source': str(source), 'data.cache_dir': str(tmp_path / 'cache'),
+      'data.vocab_size': 200, 'train.num_steps': 2, 'train.batch_size': 8,
+      'train.log_every': 1, 'eval.baselines': ()})
+  results = jobs.run(config, tmp_path / 'run')
+  out = capsys.readouterr().out
+  assert 'no item has an image: mpm, qim2 switched off' in out
+  assert results['loss/mpm'] == 0.0 and np.isfinite(results['loss/total'])
+  assert 0.0 <= results['recall@10/exact'] <= 1.0
+  assert json.loads((tmp_path / 'run' / 'config.json').read_text())['loss']['weights']['mpm'] == 1.0

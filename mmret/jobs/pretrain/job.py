@@ -47,8 +47,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
              if 'pretrained_init' in config.eval.baselines else None)
 
   step_fn = step_lib.make_train_step(
-      model, tx, functools.partial(objective.pretrain_objective, loss=config.loss), runner.mesh,
-      shardings, rng_streams=model_lib.RNG_STREAMS, rng_impl=config.train.rng_impl)
+      model, tx,
+      functools.partial(objective.pretrain_objective, loss=model_lib.effective_loss(config, data)),
+      runner.mesh, shardings, rng_streams=model_lib.RNG_STREAMS, rng_impl=config.train.rng_impl)
   trained = runner.train(state, step_fn, train.iterator, train.next_batch,
                          print_keys=PRINT_KEYS)
 

@@ -18,6 +18,7 @@ from mmret.towers.pretrain import PretrainModel
 from mmret.towers.pretrain import set_codebook
 from mmret.train import runner as runner_lib
 from mmret.train import state as state_lib
+from mmret.train.progress import info
 
 RNG_STREAMS = ('dropout', 'masking')
 
@@ -42,7 +43,33 @@ class Initialiser:
     return variables if self.codebook is None else set_codebook(variables, self.codebook)
 
 
+# Tasks that learn from item images; on a catalog without any they are switched off.
+IMAGE_TASKS = ('mpm', 'qim2')
+
+
+def has_images(data: prepare_lib.PreparedData) -> bool:
+  return any(item.image is not None for item in data.dataset.items)
+
+
+def effective_loss(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData
+                   ) -> ml_collections.ConfigDict:
+  """config.loss, with the image tasks' weights set to 0 when no item has an image (MPM has no
+  patch to predict; QIM2 would compare [CLS]-only items: a constant loss). A copy: the config
+  itself is never edited. Says so in one line."""
+  loss = ml_collections.ConfigDict(config.loss.to_dict())
+  if not has_images(data):
+    off = [name for name in IMAGE_TASKS if loss.weights[name] > 0]
+    for name in off:
+      loss.weights[name] = 0.0
+    if off:
+      info(f'no item has an image: {", ".join(off)} switched off (nothing for them to learn)')
+  return loss
+
+
 def fit_codebook(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData):
+  """The MPM codebook fitted on catalog images; None without images (MPM is off then)."""
+  if not has_images(data):
+    return None
   return masking.fit_mpm_codebook(data.sample_images(seed=config.seed), config.model.patch_size,
                                   config.model.mpm_classes, seed=config.seed,
                                   grid=config.model.mpm_grid)
