@@ -68,7 +68,7 @@ def test_missing_file():
     ({'model.encoder.heads': 5}, 1, 'model.encoder.heads'),    # width 32 not divisible by 5
     ({'loss.qic': 'cosine'}, 1, 'loss.qic'),
     ({'loss.temperature': 0.0}, 1, 'loss.temperature'),
-    ({'train.num_steps': 0}, 1, 'train.num_steps'),
+    ({'train.num_steps': -1}, 1, 'train.num_steps'),
     ({'eval.ks': (10, 0)}, 1, 'eval.ks'),
     ({'model.patch_size': 5}, 1, 'model.patch_size'),
     ({'data.source': '/no/such/dir'}, 1, 'data.source'),

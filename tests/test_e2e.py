@@ -81,3 +81,17 @@ def test_invalid_combination_is_named_before_anything_runs(tmp_path):
   assert proc.returncode != 0
   assert 'model.heads=3' in proc.stderr
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_zero_steps_evaluates_the_initial_model(tmp_path):
+  # train.num_steps=0 trains nothing: the model's metrics are those of its initialisation,
+  # which the pretrained_init baseline also measures (from a copy taken before training).
+  from mmret import jobs  # pylint: disable=g-import-not-at-top
+  from mmret.config import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config('configs/pretrain.py:tiny', {
+      'train.num_steps': 0, 'eval.baselines': ('pretrained_init',),
+      'data.cache_dir': str(tmp_path / 'cache')})
+  results = jobs.run(config, tmp_path / 'run')
+  assert results['train/steps'] == 0 and not any(k.startswith('loss/') for k in results)
+  for k in KS:
+    assert results[f'recall@{k}/exact'] == results[f'baseline/pretrained_init/recall@{k}/exact']

@@ -81,9 +81,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                          'data.process_sharding': distributed.PROCESS_SHARDING})
 
   if 'train' in config:
-    for key in ('batch_size', 'num_steps', 'log_every'):
+    for key in ('batch_size', 'log_every'):
       if key in config.train:
         positive_int(config, f'train.{key}')
+    steps = config.train.get('num_steps')
+    # 0 trains nothing and evaluates the model as initialised (e.g. an imported encoder).
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+      raise ConfigError(f"config key 'train.num_steps'={steps!r}: must be an integer >= 0 "
+                        '(0 evaluates the initial model).')
     if 'checkpoint_every' in config.train and config.train.checkpoint_every < 0:
       raise ConfigError('config key train.checkpoint_every must be >= 0 (0 disables).')
 

@@ -23,6 +23,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   validate_lib.positive_int(config, 'negatives.num')
   validate_lib.probability(config, 'train.cold_dropout',
                            'a dropout probability (0 disables)')
+  if config.stage1.train.num_steps < 1:
+    raise ConfigError('config key stage1.train.num_steps must be >= 1: the recall job reads the '
+                      'stage-1 vectors from its checkpoint.')
   with validate_lib.prefixed('stage1.'):  # the stage-1 job it embeds, validated as its own
     validate_lib.validate(config.stage1, num_devices)
     pretrain_config.validate(config.stage1)
