@@ -10,8 +10,12 @@ so what is timed is what `python -m mmret.launch` runs. Reported (JSON, also pri
   step_ms_fed              steady step time, batches from the job's own input pipeline
   step_ms_device           steady step time, one device-resident batch over and over
   examples_per_sec         batch_size / step_ms_fed
-  xla_flops_per_step       compiled.cost_analysis()['flops'] (XLA's count, whole step)
-  utilisation              xla_flops_per_step / step time (device) / --peak_tflops (null if no peak)
+  xla_flops_per_step       XLA's FLOP count of the whole step (all devices), from the lowered
+                           HLO with the layer stacks unrolled (see `model_flops`)
+  xla_flops_compiled       compiled.cost_analysis()['flops']: per device, after XLA's rewrites,
+                           a scanned stack's loop body counted once
+  utilisation              xla_flops_per_step / devices / step time (device-resident) /
+                           --peak_tflops (null without a peak)
   padding_fraction         padding share of the query + title token slots of the timed batches
   pipeline_examples_per_sec  the host input pipeline alone (no device transfer, no step)
 
@@ -36,7 +40,10 @@ import time
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -97,14 +104,44 @@ def setup(config, workdir: str) -> dict[str, Any]:
       model, tx, functools.partial(objective.pretrain_objective, loss=config.loss), runner.mesh,
       shardings, rng_streams=model_lib.RNG_STREAMS, rng_impl=config.train.rng_impl)
   return dict(runner=runner, train=train, state=state, step_fn=step_fn, seconds=seconds,
-              params=state_lib.param_count(state.params))
+              params=state_lib.param_count(state.params), model=model, tx=tx, data=data)
 
 
-def flops_of(compiled) -> float:
-  analysis = compiled.cost_analysis()
+def flops_of(stage) -> float:
+  """XLA's FLOP count of a jax `Lowered` or `Compiled`."""
+  analysis = stage.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # older JAX: one dict per computation
     analysis = analysis[0]
   return float(analysis.get('flops', float('nan')))
+
+
+def model_flops(config, built, lowered, batch) -> float:
+  """FLOPs of one step as written (all devices, before XLA's rewrites), every layer counted.
+
+  XLA's cost analysis counts a while loop's body once, so a scanned stack (model.scan=True)
+  would count one layer of each encoder call. The same step with the stacks unrolled is then
+  lowered from abstract shapes only (no init, no compile: seconds) and counted instead.
+  """
+  if not config.model.scan:
+    return flops_of(lowered)
+  unrolled = ml_collections.ConfigDict(config.to_dict())
+  unrolled.model.scan = False
+  model = model_lib.build_model(unrolled, built['data'])
+  init = model_lib.Initialiser(model, built['train'].sample)
+  tx = built['tx']
+
+  def abstract_state():
+    variables = dict(nn.unbox(init(jax.random.key(0))))
+    params = variables.pop('params')
+    return state_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        constants=variables, rng=state_lib.step_key_data(1, config.train.rng_impl))
+
+  step = functools.partial(
+      step_lib.train_step, model=model, tx=tx, rng_streams=model_lib.RNG_STREAMS,
+      objective=functools.partial(objective.pretrain_objective, loss=config.loss),
+      rng_impl=config.train.rng_impl)
+  return flops_of(jax.jit(step).lower(jax.eval_shape(abstract_state), batch))
 
 
 def run_steps(compiled, state, batches: list) -> tuple[Any, dict, float]:
@@ -156,8 +193,8 @@ def measure(config, args) -> dict[str, Any]:
       state, _, fed_ms = run_steps(compiled, state, [
           lambda: fed.append(train.next_batch(0)) or fed[-1] for _ in range(args.steps)])
       state, metrics, device_ms = run_steps(compiled, state, [first] * args.steps)
+      flops = model_flops(config, built, lowered, first)
     batch_size = config.train.batch_size
-    flops = flops_of(compiled)
     peak = args.peak_tflops
     return {
         'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
@@ -172,8 +209,9 @@ def measure(config, args) -> dict[str, Any]:
         'step_ms_fed': fed_ms, 'step_ms_device': device_ms,
         'examples_per_sec': batch_size / fed_ms * 1e3,
         'examples_per_sec_device': batch_size / device_ms * 1e3,
-        'xla_flops_per_step': flops,
-        'utilisation': (flops / (device_ms / 1e3) / (peak * 1e12)) if peak else None,
+        'xla_flops_per_step': flops, 'xla_flops_compiled': flops_of(compiled),
+        'utilisation': (flops / jax.device_count() / (device_ms / 1e3) / (peak * 1e12)
+                        if peak else None),
         'padding_fraction': padding_fraction([first, *fed]),
         'pipeline_examples_per_sec': pipeline_rate(train, args.pipeline_batches, batch_size),
         'loss': float(metrics['loss/total']),
