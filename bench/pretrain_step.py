@@ -20,9 +20,10 @@ so what is timed is what `python -m mmret.launch` runs. Reported (JSON, also pri
   pipeline_examples_per_sec  the host input pipeline alone (no device transfer, no step)
 
   python bench/pretrain_step.py --config configs/pretrain.py:base --batch_size 8 --steps 3 \
-      --out /tmp/base.json --config.data.tokenizer=train --config.data.synthshop_size=small
+      --out /tmp/base.json --config.data.tokenizer=train --config.data.synthshop_size=small \
+      --config.model.scan=False           # the unrolled layout, for comparison
   python bench/pretrain_step.py --config configs/pretrain.py:base --batch_size 256 --steps 20 \
-      --peak_tflops 989 --out /tmp/base_gpu.json --config.model.scan=True
+      --peak_tflops 989 --out /tmp/base_gpu.json   # H200 dense bf16 peak
 
 `--config.KEY=VALUE` overrides are parsed with ast.literal_eval (a bare word stays a string).
 """
