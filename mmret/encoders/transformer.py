@@ -13,9 +13,10 @@ embeddings with image patch embeddings before the position/type embeddings are a
 Parameters are float32 and carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`);
 `dtype` is the compute dtype. Activations are constrained as ('batch', 'length', 'embed').
 
-Attention (`TransformerConfig.attention`): 'fused' calls `jax.nn.dot_product_attention` (one op
-XLA or cuDNN can fuse), 'einsum' is the two-einsum reference; both give the same function (see
-`MultiHeadAttention` for the one case where 'fused' takes the einsum path).
+Attention (`TransformerConfig.attention`): 'fused' calls `jax.nn.dot_product_attention` (the
+API behind which JAX puts its fused kernels), 'einsum' is the two-einsum reference; both give
+the same function (see `MultiHeadAttention` for the one case where 'fused' takes the einsum
+path).
 """
 
 import dataclasses
