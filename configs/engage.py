@@ -76,7 +76,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.max_len = 64
   c.model.dropout = 0.0  # a few hundred steps from scratch: dropout only slows learning
   c.model.dtype = 'float32'
+  # 'fused' (jax.nn.dot_product_attention) | 'einsum' (the reference); same function.
+  c.model.attention = 'fused'
   c.model.remat = False
+  c.model.remat_policy = 'nothing_saveable'  # a jax.checkpoint_policies name, used with remat
   c.model.scan = False
   c.model.share_encoder = True   # one encoder for the query text and the document fusion
   c.model.trigram_buckets = 1024 if tiny else 8192

@@ -10,7 +10,9 @@ import pytest
 
 from mmret.encoders import bert_import
 from mmret.encoders.image import ImageConfig, PatchEncoder, normalize_image, patchify
-from mmret.encoders.transformer import EncoderLayer, EncoderStack, Transformer, TransformerConfig
+from mmret.encoders import transformer
+from mmret.encoders.transformer import EncoderLayer, EncoderStack, MultiHeadAttention
+from mmret.encoders.transformer import Transformer, TransformerConfig
 from mmret.towers import heads
 
 CFG = TransformerConfig(width=32, depth=2, heads=4, mlp_dim=64, dropout=0.0, vocab_size=50,
@@ -61,33 +63,128 @@ def test_tied_decoder_uses_word_embeddings():
   assert logits.shape == (2, 50)
 
 
-def test_remat_and_scan_match_plain_stack():
+# Row 1 has no valid key at all (its output must stay finite: uniform weights).
+ATTN_MASK = np.array([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
+
+
+def _numpy_attention(q, k, v, mask):
+  """float64 softmax(q k^T / sqrt(K)) v over valid keys; uniform over all keys when none is."""
+  q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
+  out = np.zeros(q.shape)
+  for b in range(q.shape[0]):
+    for h in range(q.shape[2]):
+      if not mask[b].any():
+        out[b, :, h] = v[b, :, h].mean(0)
+        continue
+      s = q[b, :, h] @ k[b, mask[b], h].T / np.sqrt(q.shape[-1])
+      w = np.exp(s - s.max(-1, keepdims=True))
+      out[b, :, h] = (w / w.sum(-1, keepdims=True)) @ v[b, mask[b], h]
+  return out
+
+
+@pytest.mark.parametrize('lq', [5, 1])
+def test_fused_attention_equals_numpy_reference(lq):
+  q, k, v = (jax.random.normal(jax.random.key(i), (3, n, 4, 8)) for i, n in
+             enumerate((lq, 5, 5)))
+  got = jax.jit(transformer.fused_attention)(q, k, v, ATTN_MASK)
+  np.testing.assert_allclose(got, _numpy_attention(q, k, v, ATTN_MASK), atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype,atol', [('float32', 2e-5), ('bfloat16', 3e-2)])
+@pytest.mark.parametrize('first_only', [False, True])
+def test_fused_attention_module_equals_einsum_path(dtype, atol, first_only):
+  cfg = dataclasses.replace(CFG, dtype=dtype)
+  fused, ref = (MultiHeadAttention(dataclasses.replace(cfg, attention=a)) for a in
+                ('fused', 'einsum'))
+  x = jax.random.normal(jax.random.key(1), (3, 5, 32))
+  x_q = x[:, :1] if first_only else None
+  params = jax.jit(ref.init)(jax.random.key(0), x, ATTN_MASK, x_q)
+
+  def loss(p, xs, module):  # f32 sum of squares: gradients w.r.t. params and inputs.
+    return jnp.sum(module.apply(p, xs, ATTN_MASK, x_q).astype(jnp.float32) ** 2)
+
+  outputs = [jax.jit(m.apply)(params, x, ATTN_MASK, x_q) for m in (fused, ref)]
+  assert outputs[0].shape == (3, 1 if first_only else 5, 32)
+  assert outputs[0].dtype == jnp.dtype(dtype) and bool(jnp.all(jnp.isfinite(outputs[0])))
+  np.testing.assert_allclose(outputs[0].astype(np.float32), outputs[1].astype(np.float32),
+                             atol=atol, rtol=atol)
+  grads = [jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(params, x, m)
+           for m in (fused, ref)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=10 * atol, rtol=atol),
+               *grads)
+
+
+def test_fused_attention_keeps_weight_dropout_on_the_einsum_path(monkeypatch):
+  x = jax.random.normal(jax.random.key(1), (3, 5, 32))
+  cfg = dataclasses.replace(CFG, dropout=0.5)
+  params = MultiHeadAttention(cfg).init(jax.random.key(0), x, ATTN_MASK)
+  calls = []  # one entry per call of the fused path
+  fused_fn = transformer.fused_attention
+  monkeypatch.setattr(transformer, 'fused_attention', lambda *a: calls.append(1) or fused_fn(*a))
+
+  def run(attention, deterministic, rate=0.5):
+    module = MultiHeadAttention(dataclasses.replace(cfg, attention=attention, dropout=rate),
+                                deterministic=deterministic)
+    return module.apply(params, x, ATTN_MASK, rngs={'dropout': jax.random.key(2)})
+
+  # Training with dropout: the einsum path, so the very same dropped weights as 'einsum'.
+  np.testing.assert_array_equal(run('fused', False), run('einsum', False))
+  assert not calls
+  # Evaluation, or training without dropout: the fused path.
+  np.testing.assert_allclose(run('fused', True), run('einsum', True), atol=2e-5)
+  np.testing.assert_allclose(run('fused', False, 0.0), run('einsum', False, 0.0), atol=2e-5)
+  assert len(calls) == 2
+  with pytest.raises(ValueError, match='choose from'):
+    TransformerConfig(attention='flash')
+
+
+def _remat_policies(jaxpr) -> list:
+  """The `policy` of every remat op in a jaxpr, nested ones (scan) included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if 'policy' in eqn.params:
+      found.append(eqn.params['policy'])
+    for value in eqn.params.values():
+      inner = getattr(value, 'jaxpr', value)
+      if hasattr(inner, 'eqns'):
+        found += _remat_policies(inner)
+  return found
+
+
+@pytest.mark.parametrize('remat,scan,policy', [
+    (True, False, 'nothing_saveable'), (False, True, 'nothing_saveable'),
+    (True, True, 'nothing_saveable'), (True, True, 'dots_with_no_batch_dims_saveable')])
+def test_remat_and_scan_match_plain_stack(remat, scan, policy):
+  """Same weights (the scanned layout stacks layer_{i} along a leading axis): same outputs and
+  gradients as the plain unrolled stack."""
   x = jax.random.normal(jax.random.key(1), (2, 5, 32))
   mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
   plain = EncoderStack(CFG)
   params = nn.unbox(jax.jit(plain.init)(jax.random.key(0), x, mask))['params']
-  scanned_params = bert_import.stack_layers({'encoder': params})['encoder']
 
-  def loss(p, apply):
-    return jnp.sum(apply({'params': p}, x, mask) ** 2)
+  def loss(p, xs, apply):
+    return jnp.sum(apply({'params': p}, xs, mask) ** 2)
 
-  grad = jax.jit(jax.grad(loss), static_argnums=1)
-  expected, g_plain = jax.jit(plain.apply)({'params': params}, x, mask), grad(params, plain.apply)
-  for remat, scan in [(True, False), (False, True), (True, True)]:
-    variant = EncoderStack(dataclasses.replace(CFG, remat=remat, scan=scan))
-    vparams = scanned_params if scan else params
-    # The variant's own init has the same tree; scan adds a leading 'layers' logical axis.
-    boxed = jax.eval_shape(variant.init, jax.random.key(0), x, mask)['params']
-    assert jax.tree.structure(nn.unbox(boxed)) == jax.tree.structure(vparams)
-    if scan:
-      assert boxed['layers']['mlp_in']['kernel'].names == ('layers', 'embed', 'mlp')
-    got = jax.jit(variant.apply)({'params': vparams}, x, mask)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    if remat and scan:  # Gradients through remat + scan equal the plain stack's.
-      g_variant = grad(vparams, variant.apply)
-      g_stacked = bert_import.stack_layers({'encoder': g_plain})['encoder']
-      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g_variant,
-                   g_stacked)
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+  expected, (g_plain, gx_plain) = jax.jit(plain.apply)({'params': params}, x, mask), grad(
+      params, x, plain.apply)
+  variant = EncoderStack(dataclasses.replace(CFG, remat=remat, scan=scan, remat_policy=policy))
+  stack = lambda tree: bert_import.stack_layers({'encoder': tree})['encoder']
+  vparams = stack(params) if scan else params
+  # The variant's own init has the same tree; scan adds a leading 'layers' logical axis.
+  boxed = jax.eval_shape(variant.init, jax.random.key(0), x, mask)['params']
+  assert jax.tree.structure(nn.unbox(boxed)) == jax.tree.structure(vparams)
+  if scan:
+    assert boxed['layers']['mlp_in']['kernel'].names == ('layers', 'embed', 'mlp')
+  np.testing.assert_allclose(jax.jit(variant.apply)({'params': vparams}, x, mask), expected,
+                             atol=1e-5)
+  policies = _remat_policies(jax.make_jaxpr(variant.apply)({'params': vparams}, x, mask).jaxpr)
+  assert policies == ([getattr(jax.checkpoint_policies, policy)] * (1 if scan else CFG.depth)
+                      if remat else [])
+  g_variant, gx_variant = grad(vparams, x, variant.apply)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g_variant,
+               stack(g_plain) if scan else g_plain)
+  np.testing.assert_allclose(gx_variant, gx_plain, atol=1e-4)
 
 
 def test_first_only_layer_equals_first_row_of_full_layer():

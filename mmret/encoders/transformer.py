@@ -12,6 +12,11 @@ embeddings with image patch embeddings before the position/type embeddings are a
 
 Parameters are float32 and carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`);
 `dtype` is the compute dtype. Activations are constrained as ('batch', 'length', 'embed').
+
+Attention (`TransformerConfig.attention`): 'fused' calls `jax.nn.dot_product_attention` (the
+API behind which JAX puts its fused kernels), 'einsum' is the two-einsum reference; both give
+the same function (see `MultiHeadAttention` for the one case where 'fused' takes the einsum
+path).
 """
 
 import dataclasses
@@ -26,6 +31,10 @@ from mmret.ops import logical
 # BERT initialises every weight with N(0, 0.02).
 _INIT = nn.initializers.normal(stddev=0.02)
 _ACT = ('batch', 'length', 'embed')
+ATTENTIONS = ('fused', 'einsum')  # TransformerConfig.attention (config key model.attention)
+# TransformerConfig.remat_policy (model.remat_policy): names in jax.checkpoint_policies.
+REMAT_POLICIES = ('nothing_saveable', 'dots_with_no_batch_dims_saveable', 'dots_saveable',
+                  'everything_saveable')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +43,10 @@ class TransformerConfig:
 
   width: model width D. depth: layers. heads: attention heads (D % heads == 0). mlp_dim: hidden
   width of the MLP. dropout: hidden and attention dropout rate. dtype: compute dtype name.
-  remat: rematerialise each layer in the backward pass. scan: `nn.scan` over layers (params get
-  a leading `layers` axis). vocab_size / max_len / type_vocab_size: embedding table sizes.
-  layer_norm_eps: 1e-12 as in BERT.
+  attention: one of ATTENTIONS. remat: rematerialise each layer in the backward pass, keeping
+  what `jax.checkpoint_policies.<remat_policy>` saves (one of REMAT_POLICIES). scan: `nn.scan`
+  over layers (params get a leading `layers` axis). vocab_size / max_len / type_vocab_size:
+  embedding table sizes. layer_norm_eps: 1e-12 as in BERT.
   """
   width: int = 384
   depth: int = 6
@@ -44,16 +54,61 @@ class TransformerConfig:
   mlp_dim: int = 1536
   dropout: float = 0.1
   dtype: str = 'float32'
+  attention: str = 'fused'
   remat: bool = False
+  # Saving nothing is the smallest activation memory, the reason to remat at all; the price is
+  # one more forward pass per layer in the backward pass.
+  remat_policy: str = 'nothing_saveable'
   scan: bool = False
   vocab_size: int = 30522
   max_len: int = 512
   type_vocab_size: int = 2
   layer_norm_eps: float = 1e-12
 
+  def __post_init__(self):
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f'attention {self.attention!r}: choose from {ATTENTIONS}.')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'remat_policy {self.remat_policy!r}: choose from {REMAT_POLICIES}.')
+
   @property
   def compute_dtype(self) -> Any:
     return jnp.dtype(self.dtype)
+
+
+def maybe_remat(cfg: TransformerConfig, module_cls: type[nn.Module], **kwargs
+                ) -> type[nn.Module]:
+  """nn.remat(module_cls) with cfg.remat_policy, or module_cls itself when cfg.remat is off."""
+  if not cfg.remat:
+    return module_cls
+  return nn.remat(module_cls, policy=getattr(jax.checkpoint_policies, cfg.remat_policy),
+                  **kwargs)
+
+
+def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(K)) over valid keys: q [B, Lq, H, K], k [B, L, H, K], mask bool
+  [B, L] -> float32 [B, H, Lq, L]. A row with no valid key gets uniform (finite) weights."""
+  # Logits and softmax in float32: bf16 softmax over long rows loses the small weights.
+  logits = jnp.einsum('bqhk,bshk->bhqs', q, k, preferred_element_type=jnp.float32)
+  logits = logits / jnp.sqrt(jnp.float32(q.shape[-1]))
+  # A large finite negative (not -inf) keeps a row with no valid key finite (uniform weights).
+  logits = jnp.where(mask[:, None, None, :], logits, jnp.float32(-1e9))
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """The same function as `attention_weights` followed by weights @ v, as one
+  `jax.nn.dot_product_attention` (q [B, Lq, H, K], k, v [B, L, H, K], mask bool [B, L] ->
+  [B, Lq, H, K]).
+
+  implementation=None lets JAX choose the kernel; in JAX 0.10 that is XLA's on every platform
+  (cuDNN only when asked for by name, and only for bf16/fp16). It keeps our numerics: logits
+  are accumulated in float32 for bf16 inputs, the softmax is float32, the weights are cast to
+  the value dtype before the second product, and masked keys get a large finite negative
+  logit, so a row with no valid key gets uniform weights, as in the einsum path.
+  """
+  return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :],
+                                      implementation=None)
 
 
 def layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
@@ -66,6 +121,11 @@ class MultiHeadAttention(nn.Module):
   """Self-attention with a key padding mask.
 
   x [B, L, D], mask bool [B, L] -> [B, Lq, D], where the queries are x_q [B, Lq, D] (default x).
+
+  With cfg.attention='fused', training with dropout > 0 still takes the einsum path: the fused
+  API has no dropout on the attention weights, and silently dropping it would change the
+  training recipe (BERT's/MiniLM's, and the one the default run's metrics were measured with).
+  Evaluation, and training with dropout 0, take the fused path.
   """
   cfg: TransformerConfig
   deterministic: bool = True
@@ -86,14 +146,13 @@ class MultiHeadAttention(nn.Module):
 
     q = proj('query', x if x_q is None else x_q)  # [B, Lq, H, K]
     k, v = proj('key', x), proj('value', x)      # [B, L, H, K]
-    # Logits and softmax in float32: bf16 softmax over long rows loses the small weights.
-    logits = jnp.einsum('bqhk,bshk->bhqs', q, k, preferred_element_type=jnp.float32)
-    logits = logits / jnp.sqrt(jnp.float32(head_dim))
-    # A large finite negative (not -inf) keeps a row with no valid key finite (uniform weights).
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.float32(-1e9))
-    weights = jax.nn.softmax(logits, axis=-1)
-    weights = nn.Dropout(cfg.dropout)(weights, deterministic=self.deterministic)
-    ctx = jnp.einsum('bhqs,bshk->bqhk', weights.astype(cfg.compute_dtype), v)
+    drop_weights = cfg.dropout > 0 and not self.deterministic
+    if cfg.attention == 'fused' and not drop_weights:
+      ctx = fused_attention(q, k, v, mask)
+    else:
+      weights = nn.Dropout(cfg.dropout)(attention_weights(q, k, mask),
+                                        deterministic=self.deterministic)
+      ctx = jnp.einsum('bhqs,bshk->bqhk', weights.astype(cfg.compute_dtype), v)
     return nn.Einsum(
         (cfg.heads, head_dim, cfg.width), 'bqhk,hkd->bqd', dtype=cfg.compute_dtype, name='out',
         kernel_init=logical(_INIT, ('heads', 'kv', 'embed')),
@@ -150,14 +209,15 @@ class EncoderStack(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
     cfg = self.cfg
     if cfg.scan:
-      layer_cls = nn.remat(_ScannedLayer, prevent_cse=False) if cfg.remat else _ScannedLayer
+      # prevent_cse=False: inside scan the loop already keeps XLA from merging the recompute.
+      layer_cls = maybe_remat(cfg, _ScannedLayer, prevent_cse=False)
       stack = nn.scan(layer_cls, variable_axes={'params': 0},
                       split_rngs={'params': True, 'dropout': True},
                       in_axes=(nn.broadcast,), length=cfg.depth,
                       metadata_params={nn.PARTITION_NAME: 'layers'})
       x, _ = stack(cfg, not train, name='layers')(x, mask)
       return x
-    layer_cls = nn.remat(EncoderLayer) if cfg.remat else EncoderLayer
+    layer_cls = maybe_remat(cfg, EncoderLayer)
     for i in range(cfg.depth):
       x = layer_cls(cfg, not train, name=f'layer_{i}')(x, mask)
     return x

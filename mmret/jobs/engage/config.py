@@ -5,13 +5,16 @@ import ml_collections
 from mmret.config import ConfigError
 from mmret.config import checks as validate_lib
 from mmret.encoders import image
+from mmret.encoders import transformer
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Dropout rates, loss scale, page negatives; raises ConfigError naming the key.
   num_devices: unused (no device-dependent check of its own)."""
   del num_devices
-  validate_lib.check_choices(config, {'model.image_encoder': image.MODES})
+  validate_lib.check_choices(config, {
+      'model.image_encoder': image.MODES, 'model.attention': transformer.ATTENTIONS,
+      'model.remat_policy': transformer.REMAT_POLICIES})
   for name in config.model.modality_dropout:
     validate_lib.probability(config, f'model.modality_dropout.{name}', 'a dropout probability')
   if config.loss.scale <= 0:

@@ -5,6 +5,7 @@ import ml_collections
 from mmret.config import ConfigError
 from mmret.config import checks as validate_lib
 from mmret.encoders import image
+from mmret.encoders import transformer
 from mmret.jobs.pretrain import objective
 from mmret.towers import config as model_config
 from mmret.towers import heads
@@ -22,6 +23,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       'model.pooling': heads.POOLINGS,
       'model.retrieval_space': model_config.RETRIEVAL_SPACES,
       'model.image_encoder': image.MODES,
+      'model.attention': transformer.ATTENTIONS,
+      'model.remat_policy': transformer.REMAT_POLICIES,
       'model.text_init': model_config.TEXT_INITS,
       'loss.qic': objective.QIC_VARIANTS,
   })
