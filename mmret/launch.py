@@ -29,6 +29,8 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, for jax.distributed.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+_PRINT_CONFIG = flags.DEFINE_bool('print_config', False,
+                                  'Print the resolved config (file + overrides) and exit.')
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False,
     'Resume a workdir whose run had another config (by default only train.num_steps, '
@@ -41,6 +43,9 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     # The libraries underneath (Orbax, TFDS) log every file at INFO; `--verbosity=0` shows them.
     logging.set_verbosity(logging.WARNING)
+  if _PRINT_CONFIG.value:
+    print(_CONFIG.value)
+    return
   # pylint: disable=g-import-not-at-top  (imported here to keep --help fast)
   from mmret import jobs
   from mmret.train import distributed
@@ -64,8 +69,42 @@ def main(argv):
     print(jobs.format_results(results, title=f'{config.job} results ({workdir}/results.json)'))
 
 
+def _config_spec(argv) -> str:
+  """The value of --config in argv (either form), else the default config."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return str(DEFAULT_CONFIG)
+
+
+def _precheck(argv) -> None:
+  """The config file, its variant and every --config.KEY, checked before absl loads them, so
+  that each mistake is one line naming it (absl would print nested tracebacks)."""
+  # pylint: disable=g-import-not-at-top  (kept out of --help's import time)
+  from mmret.config import ConfigError, load_config
+  from mmret.config.loading import unknown_key_error
+  try:
+    config = load_config(_config_spec(argv))
+    for arg in argv[1:]:
+      if not arg.startswith('--config.'):
+        continue
+      key = arg[len('--config.'):].split('=', 1)[0]
+      node = config
+      for part in key.split('.'):
+        if not hasattr(node, 'keys') or part not in node:
+          raise unknown_key_error(config, key)
+        node = node[part]
+  except ConfigError as e:
+    print(f'mmret: error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
 def _parse_flags(argv):
   """absl's parser, with an unknown `--config.KEY` reported by name instead of a traceback."""
+  if not any(a in ('--help', '-h', '--helpfull') for a in argv[1:]):
+    _precheck(argv)
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:

@@ -95,3 +95,26 @@ def test_zero_steps_evaluates_the_initial_model(tmp_path):
   assert results['train/steps'] == 0 and not any(k.startswith('loss/') for k in results)
   for k in KS:
     assert results[f'recall@{k}/exact'] == results[f'baseline/pretrained_init/recall@{k}/exact']
+
+
+@pytest.mark.parametrize('args, message', [
+    (('--config', 'configs/no_such.py'), "config file 'configs/no_such.py' does not exist"),
+    (('--config', 'configs/pretrain.py:huge'), "unknown variant 'huge'"),
+    (('--config', 'configs/pretrain.py:tiny', '--config.trian.num_steps=3'),
+     "unknown config key 'trian.num_steps'. Did you mean train.num_steps?"),
+    (('--config', 'configs/recall.py:tiny', '--config.data.source=/tmp'),
+     "unknown config key 'data.source'. Did you mean stage1.data.source?"),
+])
+def test_cli_config_mistakes_are_one_line(args, message):
+  proc = launch(*args, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('mmret: error: ') and message in lines[0], lines
+
+
+def test_print_config_prints_the_resolved_config_and_exits(tmp_path):
+  proc = launch('--config', 'configs/pretrain.py:tiny', '--config.train.num_steps=7',
+                '--print_config', '--workdir', str(tmp_path / 'w'), timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'num_steps: 7' in proc.stdout and 'job: pretrain' in proc.stdout
+  assert not (tmp_path / 'w').exists()  # nothing ran

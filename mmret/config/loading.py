@@ -30,12 +30,15 @@ def load_config(spec: str | pathlib.Path = DEFAULT_CONFIG,
   file = pathlib.Path(path)
   if not file.exists() and not file.is_absolute() and (REPO_ROOT / file).exists():
     file = REPO_ROOT / file
-  if not file.exists():
+  if not file.is_file():
     raise ConfigError(f'config file {path!r} does not exist.')
   module_spec = importlib.util.spec_from_file_location(f'_mmret_config_{file.stem}', file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
+  try:
+    config = module.get_config(arg or None)
+  except ValueError as e:  # the config files' own "unknown variant" errors
+    raise ConfigError(str(e)) from None
   config.lock()
   apply_overrides(config, overrides or {})
   return config
@@ -51,8 +54,12 @@ def _known_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str
 
 
 def unknown_key_error(config: ml_collections.ConfigDict, key: str) -> ConfigError:
-  close = difflib.get_close_matches(key, _known_keys(config), n=3)
-  hint = f' Did you mean {", ".join(close)}?' if close else ''
+  """Names the key, and suggests keys that end like it (e.g. `stage1.data.source` for
+  `data.source` in the recall config) or are spelt like it."""
+  known = _known_keys(config)
+  nested = [k for k in known if k.endswith('.' + key)]
+  close = nested or difflib.get_close_matches(key, known, n=3)
+  hint = f' Did you mean {", ".join(close[:3])}?' if close else ''
   return ConfigError(f'unknown config key {key!r}.{hint}')
 
 
