@@ -129,3 +129,11 @@ def test_file_and_function_sizes():
         if length > 80:
           too_long.append(f'{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length} lines')
   assert not too_long, too_long
+
+
+def test_config_is_the_ground_floor():
+  # Configs are read by everything; they must be loadable without the data, models or jobs.
+  graph = import_graph()
+  for module, edges in graph.items():
+    if module.startswith('mmret.config'):
+      assert all(e.startswith(('mmret.config', 'mmret.ops')) for e in edges), (module, edges)

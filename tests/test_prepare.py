@@ -90,3 +90,24 @@ def test_a_text_only_catalog_pretrains_and_evaluates(tmp_path, capsys):
   assert results['loss/mpm'] == 0.0 and np.isfinite(results['loss/total'])
   assert 0.0 <= results['recall@10/exact'] <= 1.0
   assert json.loads((tmp_path / 'run' / 'config.json').read_text())['loss']['weights']['mpm'] == 1.0
+
+
+def test_no_eval_split_fails_before_training(tmp_path):
+  # Interactions with neither `day` nor `split` are all train: the job must say so before it
+  # trains, not fail in evaluation afterwards.
+  from mmret import jobs  # pylint: disable=g-import-not-at-top
+  from mmret.config import ConfigError  # pylint: disable=g-import-not-at-top
+  source = tmp_path / 'byod'
+  source.mkdir()
+  rows = [json.loads(line) for line in (FIXTURE / 'interactions.jsonl').read_text().splitlines()]
+  (source / 'interactions.jsonl').write_text(''.join(
+      json.dumps({k: v for k, v in r.items() if k not in ('day', 'split')}) + '\n' for r in rows))
+  for name in ('items.jsonl', 'queries.jsonl'):
+    (source / name).write_text((FIXTURE / name).read_text())
+  (source / 'images').symlink_to(FIXTURE / 'images')
+  config = load_config('configs/pretrain.py:tiny', {
+      'data.source': str(source), 'data.cache_dir': str(tmp_path / 'cache'),
+      'data.vocab_size': 200})
+  with pytest.raises(ConfigError, match=r'data\.source=.*no eval query.*split rule'):
+    jobs.run(config, tmp_path / 'run')
+  assert not (tmp_path / 'run' / 'checkpoints').exists()

@@ -66,9 +66,8 @@ def prefixed(prefix: str):
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """The checks every job shares. `num_devices` defaults to jax.device_count()."""
-  # pylint: disable=g-import-not-at-top  (the owners of the shared choices)
-  from mmret.train import distributed, optimizer, state
+  """The checks every job shares. `num_devices` defaults to jax.device_count(). The choices of
+  the shared training keys are checked by mmret.jobs.validate, next to their owners."""
   for prefix, node in _walk(config):
     width = next((node[k] for k in _WIDTH_KEYS if k in node), None)
     heads_key = next((k for k in _HEAD_KEYS if k in node), None)
@@ -77,8 +76,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       if not isinstance(heads, int) or heads <= 0 or width % heads:
         raise ConfigError(f'config key {prefix}{heads_key}={heads!r}: the width {width} is not '
                           f'divisible by the number of heads.')
-  check_choices(config, {'train.rng_impl': state.RNG_IMPLS, 'optim.name': optimizer.NAMES,
-                         'data.process_sharding': distributed.PROCESS_SHARDING})
 
   if 'train' in config:
     for key in ('batch_size', 'log_every'):

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmret.config import ConfigError
 from mmret.data import evalset
 from mmret.data import records
 from mmret.data import synthshop
@@ -50,6 +51,14 @@ class PreparedData:
             f'{n_eval:,} eval interactions, {len(self.eval_set.queries):,} eval queries '
             f'({image_only:,} with image-only targets), vocabulary '
             f'{self.tokenizer.vocab_size:,}; from {self.source_dir}')
+
+  def require_eval_queries(self) -> None:
+    """Raises ConfigError (before any training) when the data has nothing to evaluate on."""
+    if not self.eval_set.queries:
+      raise ConfigError(
+          f'config key data.source={str(self.source_dir)!r}: no eval query with a clicked or '
+          'bought item, so there is nothing to evaluate; give interactions a `day` (the last '
+          'day is evaluated) or a `split` of "eval" (docs/DATA.md, split rule).')
 
   def item_log_q(self) -> np.ndarray:
     """float32 [N]: log of each item's share of the train positives (add-one smoothed).

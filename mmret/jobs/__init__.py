@@ -22,10 +22,14 @@ import time
 import ml_collections
 
 from mmret.config import ConfigError
+from mmret.config import checks
 from mmret.config import validate as validate_generic
 from mmret.jobs import results as results_lib
 from mmret.jobs import sweep
 from mmret.jobs import workdir as workdir_lib
+from mmret.train import distributed
+from mmret.train import optimizer
+from mmret.train import state
 
 JOBS = ('pretrain', 'recall', 'engage')
 # Jobs that run other jobs get `run_job=run` (the recall job runs its missing stage 1).
@@ -41,6 +45,8 @@ def _module(name: str, part: str):
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """The generic checks and the job's own; raises ConfigError naming the key."""
   job_config = _module(config.job, 'config')
+  checks.check_choices(config, {'train.rng_impl': state.RNG_IMPLS, 'optim.name': optimizer.NAMES,
+                                'data.process_sharding': distributed.PROCESS_SHARDING})
   validate_generic(config, num_devices)
   job_config.validate(config, num_devices)
   if config.get('sweep') is not None:

@@ -36,6 +36,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   data = prepare_lib.prepare(config.data)
   examples = data_lib.page_examples(data.dataset, 'train', config.data.max_page_negatives)
   info(f'data: {data.summary()}; {len(examples):,} engaged train impressions')
+  data.require_eval_queries()
   runner = runner_lib.Runner(config, workdir)
   model = EngageModel(config.model, vocab_size=data.tokenizer.vocab_size)
   tx = runner.optimizer()

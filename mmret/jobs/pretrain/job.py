@@ -31,6 +31,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """Pre-trains on `config.data`, evaluates Recall@K etc., returns the flat results dict."""
   data = prepare_lib.prepare(config.data)
   info(f'data: {data.summary()}')
+  data.require_eval_queries()
   runner = runner_lib.Runner(config, workdir)
   model = model_lib.build_model(config, data)
   tx = runner.optimizer()

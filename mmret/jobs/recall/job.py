@@ -44,6 +44,7 @@ class Context:
                runner: runner_lib.Runner, run_job: stage1.RunJob):
     self.data = prepare_lib.prepare(config.stage1.data)
     info(f'data: {self.data.summary()}')
+    self.data.require_eval_queries()
     self.stats = data_lib.item_stats(self.data)
     self.groups = self.stats.groups(config.eval.head_click_share)
     info('item groups (train days): ' + ', '.join(
