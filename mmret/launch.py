@@ -17,9 +17,22 @@ from ml_collections import config_flags
 
 from mmret.config import DEFAULT_CONFIG
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', str(DEFAULT_CONFIG), 'Config file, optionally with :ARG (a variant).',
-    lock_config=True)
+
+
+def _define_config_flag():
+  """--config. Without --config on the command line, ml_collections parses the default config
+  file, with the --config.KEY overrides of sys.argv, as soon as the flag is defined, so an
+  unknown key would raise here (a traceback at import); it is then defined without the
+  overrides and `_precheck` names the key in one line before absl parses anything."""
+  kwargs = dict(name='config', default=str(DEFAULT_CONFIG),
+                help_string='Config file, optionally with :ARG (a variant).', lock_config=True)
+  try:
+    return config_flags.DEFINE_config_file(**kwargs)
+  except (AttributeError, KeyError):
+    return config_flags.DEFINE_config_file(**kwargs, sys_argv=sys.argv[:1])
+
+
+_CONFIG = _define_config_flag()
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory for checkpoints, logs and results.json '
                                '(default: ./workdir/<job>_<variant>).')
@@ -37,6 +50,30 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'logging, checkpointing and eval keys may change; the others are listed and refused).')
 
 
+def run_and_report(config, workdir: str, allow_config_change: bool = False) -> int:
+  """Runs the job and prints its results; returns the exit code. The user's mistakes end in
+  one line on stderr: 2 for the config, the data, the workdir or its disk (naming the key,
+  record or directory), 3 for a diverged run. Anything else is a bug: a traceback, exit 1."""
+  # pylint: disable=g-import-not-at-top  (imported here to keep --help fast)
+  from mmret import jobs
+  from mmret.config import ConfigError
+  from mmret.data.records import DataError
+  from mmret.train.checkpoint import CheckpointWriteError
+  from mmret.train.metrics_log import NonFiniteError
+  try:
+    results = jobs.run(config, workdir, allow_config_change=allow_config_change)
+  except (ConfigError, DataError, CheckpointWriteError) as e:
+    print(f'mmret: error: {e}', file=sys.stderr)
+    return 2
+  except NonFiniteError as e:
+    print(f'mmret: training diverged: {e}', file=sys.stderr)
+    return 3
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print(jobs.format_results(results, title=f'{config.job} results ({workdir}/results.json)'))
+  return 0
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -46,27 +83,13 @@ def main(argv):
   if _PRINT_CONFIG.value:
     print(_CONFIG.value)
     return
-  # pylint: disable=g-import-not-at-top  (imported here to keep --help fast)
-  from mmret import jobs
-  from mmret.train import distributed
-  from mmret.config import ConfigError
-  from mmret.data.records import DataError
-  from mmret.train.metrics_log import NonFiniteError
+  from mmret.train import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('workdir', f'{config.job}_{config.get("variant", "x")}')
-  try:
-    results = jobs.run(config, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (ConfigError, DataError) as e:
-    # The user's config or data is wrong: say which key / record, without a traceback.
-    print(f'mmret: error: {e}', file=sys.stderr)
-    sys.exit(2)
-  except NonFiniteError as e:
-    print(f'mmret: training diverged: {e}', file=sys.stderr)
-    sys.exit(3)
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_index() == 0:
-    print(jobs.format_results(results, title=f'{config.job} results ({workdir}/results.json)'))
+  code = run_and_report(config, workdir, _ALLOW_CONFIG_CHANGE.value)
+  if code:
+    sys.exit(code)
 
 
 def _config_spec(argv) -> str:
@@ -122,6 +145,10 @@ def run_cli():
   try:
     app.run(main, flags_parser=_parse_flags)
   except KeyboardInterrupt:
+    # Ctrl-C in training is caught by the loop (checkpoint, then a message); here it came
+    # during data preparation or evaluation, where there is nothing to save.
+    print('mmret: interrupted; checkpoints written so far are kept, and the same command '
+          'resumes from the last one.', file=sys.stderr)
     sys.exit(130)
 
 

@@ -53,9 +53,19 @@ def _known_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str
   return keys
 
 
+# Keys that no config has on purpose, and what sets that instead: a sweep over one of them must
+# not read as a typo to fix.
+_SET_ELSEWHERE = {
+    'model.fusion': ("the recall job trains one model per fusion named in `variants`; set "
+                     """--config.variants='("add",)' instead"""),
+}
+
+
 def unknown_key_error(config: ml_collections.ConfigDict, key: str) -> ConfigError:
   """Names the key, and suggests keys that end like it (e.g. `stage1.data.source` for
-  `data.source` in the recall config) or are spelt like it."""
+  `data.source` in the recall config) or are spelt like it, or says what sets it instead."""
+  if key in _SET_ELSEWHERE and 'variants' in config:
+    return ConfigError(f'config key {key!r} cannot be set: {_SET_ELSEWHERE[key]}.')
   known = _known_keys(config)
   nested = [k for k in known if k.endswith('.' + key)]
   close = nested or difflib.get_close_matches(key, known, n=3)

@@ -60,6 +60,19 @@ class PreparedData:
           'bought item, so there is nothing to evaluate; give interactions a `day` (the last '
           'day is evaluated) or a `split` of "eval" (docs/DATA.md, split rule).')
 
+  def require_train_positives(self) -> None:
+    """Raises DataError (before any training) when no train interaction is a positive (or an
+    engaged impression): every job learns from those, and would fail late or learn nothing."""
+    splits = self.dataset.splits()
+    if not any(split == 'train' and (x.positive or x.engaged)
+               for x, split in zip(self.dataset.interactions, splits)):
+      n_train = splits.count('train')
+      raise records.DataError(
+          self.dataset.root / records.INTERACTIONS_FILE, 0, None,
+          f'none of the {n_train:,} train interactions is a positive (click, purchase or '
+          'engaged true, or no label at all), so there is nothing to train on; label the '
+          'clicks, or check the split rule (docs/DATA.md)')
+
   def item_log_q(self) -> np.ndarray:
     """float32 [N]: log of each item's share of the train positives (add-one smoothed).
 

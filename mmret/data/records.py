@@ -28,10 +28,11 @@ SPLITS = ('train', 'eval')
 
 
 class DataError(ValueError):
-  """Invalid BYOD input; the message is "<file>:<line>: field '<field>': <what>"."""
+  """Invalid BYOD input; the message is "<file>:<line>: field '<field>': <what>" (line 0: the
+  file as a whole, "<file>: ...")."""
 
   def __init__(self, path: pathlib.Path | str, line: int, field: str | None, what: str):
-    where = f"{path}:{line}: " + (f"field '{field}': " if field else '')
+    where = (f"{path}:{line}: " if line else f"{path}: ") + (f"field '{field}': " if field else '')
     super().__init__(where + what)
     self.path, self.line, self.field = str(path), line, field
 
@@ -204,21 +205,26 @@ _ITEM_FIELDS: dict[str, tuple[bool, Checker]] = {
     'attributes': (False, _str_dict), 'title_omits': (False, _str_tuple),
 }
 _INTERACTION_FIELDS: dict[str, tuple[bool, Checker]] = {
-    'query': (True, _str), 'item_id': (True, _nonempty_str), 'page_id': (False, _str),
+    'query': (True, _nonempty_str), 'item_id': (True, _nonempty_str), 'page_id': (False, _str),
     'position': (False, _nonneg_int), 'click': (False, _flag), 'purchase': (False, _flag),
     'engaged': (False, _flag), 'relevance': (False, _relevance), 'day': (False, _int),
     'split': (False, _split),
 }
 _QUERY_FIELDS: dict[str, tuple[bool, Checker]] = {
-    'query': (True, _str), 'attributes': (False, _str_dict),
+    'query': (True, _nonempty_str), 'attributes': (False, _str_dict),
 }
 
 
 def _read_jsonl(path: pathlib.Path, fields: dict[str, tuple[bool, Checker]]
                 ) -> Iterator[tuple[int, dict[str, Any]]]:
   """Yields (line number, checked fields without absent ones) for each non-blank line."""
-  with open(path, encoding='utf-8') as f:
-    for line_no, line in enumerate(f, start=1):
+  with open(path, 'rb') as f:
+    for line_no, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode('utf-8')
+      except UnicodeDecodeError as e:
+        raise DataError(path, line_no, None, f'not UTF-8 (byte 0x{raw[e.start]:02x} at column '
+                        f'{e.start + 1}); save the file as UTF-8') from None
       if not line.strip():
         continue
       where = (path, line_no)
@@ -271,6 +277,9 @@ def _load_items(root: pathlib.Path, check_images: bool) -> list[Item]:
     items.append(Item(**rec))
   if not items:
     raise DataError(path, 0, None, 'the catalog is empty')
+  if not any(item.title.strip() for item in items):
+    raise DataError(path, 0, 'title', 'every title is empty, so the item tower has no text to '
+                    'read; give items their titles (docs/DATA.md)')
   return items
 
 
@@ -284,13 +293,13 @@ def load_dataset(root: str | pathlib.Path, *, check_images: bool = True) -> Data
   Returns:
     The Dataset, items in file order.
   Raises:
-    DataError naming file, line and field; FileNotFoundError for a missing required file.
+    DataError naming file, line and field (a missing required file too).
   """
   root = pathlib.Path(root).expanduser().resolve()
   for name in (ITEMS_FILE, INTERACTIONS_FILE):
     if not (root / name).is_file():
-      raise FileNotFoundError(f'{root / name} not found: a BYOD directory needs {ITEMS_FILE} '
-                              f'and {INTERACTIONS_FILE} (docs/DATA.md).')
+      raise DataError(root / name, 0, None, f'not found: a BYOD directory needs {ITEMS_FILE} '
+                      f'and {INTERACTIONS_FILE} (docs/DATA.md)')
   items = _load_items(root, check_images)
   known = {item.item_id for item in items}
 

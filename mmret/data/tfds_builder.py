@@ -28,8 +28,10 @@ out_dir/mmret_byod/<fingerprint>/<version>; the fingerprint hashes the input fil
 mtimes, image_size and the context names, so an unchanged input is never rebuilt.
 """
 
+import contextlib
 import hashlib
 import json
+import logging
 import pathlib
 from collections.abc import Iterator, Sequence
 
@@ -90,6 +92,17 @@ class ByodBuilder(tfds.core.GeneratorBasedBuilder):
     self._context_names = tuple(context_names)
     config = tfds.core.BuilderConfig(name=fingerprint, description=str(dataset.root))
     super().__init__(config=config, file_format='array_record', **kwargs)
+
+  # TFDS announces every build as a download ("Downloading and preparing dataset Unknown size
+  # ...", then "Dataset ... downloaded and prepared"), which misleads about local files: one
+  # line says what is converted, and where to, instead.
+  def _log_download_bytes(self) -> None:
+    print(f'[data] converting {self._dataset.root} ({len(self._dataset.items):,} items, '
+          f'{len(self._dataset.interactions):,} interactions) to TFDS in {self.data_dir}',
+          flush=True)
+
+  def _log_download_done(self) -> None:
+    pass
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self._image_size
@@ -241,9 +254,27 @@ def prepare(data_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, image_
   if not (built / 'dataset_info.json').is_file():
     dataset = records.load_dataset(data_dir, check_images=True)
     names = dataset.context_names if context_names is None else tuple(context_names)
-    builder = ByodBuilder(dataset=dataset, image_size=image_size, context_names=names,
-                          fingerprint=fp, data_dir=str(out_dir))
+    with _without_custom_config_warning():
+      builder = ByodBuilder(dataset=dataset, image_size=image_size, context_names=names,
+                            fingerprint=fp, data_dir=str(out_dir))
     # TFDS writes into a temporary directory and renames it when done: a crash leaves no
     # dataset_info.json behind, so the next call rebuilds.
     builder.download_and_prepare()
   return tfds.builder_from_directory(str(built))
+
+
+class _DropCustomConfig(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Using custom data configuration')
+
+
+@contextlib.contextmanager
+def _without_custom_config_warning():
+  """TFDS warns that a BuilderConfig it does not list is "custom": here every input is (its
+  name is the fingerprint), so the warning says nothing."""
+  logger, drop = logging.getLogger('absl'), _DropCustomConfig()
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)

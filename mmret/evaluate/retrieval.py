@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from mmret.evaluate import metrics
+from mmret.evaluate import progress
 from mmret.evaluate import search
 
 # grade() is called on this many queries at a time: grading materialises [rows, K, attributes]
@@ -174,5 +175,6 @@ class RetrievalEvaluator:
         out[f'scann_neighbour_recall@{k}'] = search.neighbour_recall(
             ids[:, :capped], exact_ids[:, :capped])
     timings['metrics'] = time.perf_counter() - tic
+    progress.searched(queries.shape[0], items.shape[0], k_max, timings)
     return Retrieval(metrics=out, ids=np.asarray(ids), exact_ids=np.asarray(exact_ids),
                      timings=timings)

@@ -15,6 +15,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from mmret.evaluate import progress
+
 
 def to_host(x: jax.Array) -> np.ndarray:
   """The whole of a (possibly process-spanning) array as numpy on this host.
@@ -28,11 +30,18 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 
 def extract(encode: Callable[[Any, dict], jax.Array], params: Any,
-            batches: Iterable[dict[str, np.ndarray]]) -> np.ndarray:
-  """Runs `encode` over `batches` and keeps the valid rows, in order -> float32 [N, D]."""
+            batches: Iterable[dict[str, np.ndarray]], *, what: str = 'rows',
+            total: int | None = None) -> np.ndarray:
+  """Runs `encode` over `batches` and keeps the valid rows, in order -> float32 [N, D].
+
+  Progress lines name `what` is encoded, out of `total` rows when known (mmret/evaluate/
+  progress.py)."""
   out = []
+  counter = progress.Counter(what, total)
   for batch in batches:
     batch = dict(batch)
     valid = np.asarray(batch.pop('valid'))
     out.append(to_host(encode(params, batch))[valid])
+    counter.add(int(valid.sum()))
+  counter.done()
   return np.concatenate(out).astype(np.float32)

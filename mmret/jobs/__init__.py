@@ -66,7 +66,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   job = _module(config.job, 'job')
   validate(config)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir_lib.ensure_writable(workdir)
   primary = jax.process_index() == 0  # every process computes the same results; one writes
   with workdir_lib.lock(workdir) if primary else contextlib.nullcontext():
     workdir_lib.check_resume(workdir, config, allow_config_change)

@@ -9,8 +9,9 @@ released by the kernel when the process ends, however it ends (no stale locks af
 The file names its holder (pid, host, command), which the refusal quotes.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -22,12 +23,26 @@ import time
 import ml_collections
 
 from mmret.config import ConfigError
+from mmret.config.changes import config_changes
 
 LOCK_FILE = '.mmret.lock'
-# Keys a resumed run may change without changing what the checkpoint means: how long to train,
-# how often to log and save, how to evaluate and report, where the data cache lives.
-SAFE_TO_CHANGE = ('train.num_steps', 'train.log_every', 'train.checkpoint_every', 'eval.',
-                  'data.cache_dir', 'log_prefix', 'sweep.')
+
+
+def ensure_writable(workdir: pathlib.Path) -> None:
+  """Creates `workdir` and checks that files can be written there (a probe file, since
+  permission bits do not tell for root, read-only mounts or ACLs); raises ConfigError."""
+  if workdir.exists() and not workdir.is_dir():
+    raise ConfigError(f'--workdir {workdir} is a file, not a directory; choose another '
+                      '--workdir.')
+  probe = workdir / f'.mmret-write-probe.{os.getpid()}'
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b'')
+    probe.unlink()
+  except OSError as e:
+    what = 'a parent is a file' if e.errno in (errno.ENOTDIR, errno.EEXIST) else e.strerror
+    raise ConfigError(f'--workdir {workdir} cannot be written ({what}); choose a writable '
+                      '--workdir.') from None
 
 
 @contextlib.contextmanager
@@ -56,37 +71,14 @@ def lock(workdir: pathlib.Path) -> Iterator[None]:
       fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def flatten(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      out[prefix + key] = value
-  return out
-
-
-def config_changes(stored: dict, config: ml_collections.ConfigDict,
-                   safe: Sequence[str] = SAFE_TO_CHANGE) -> list[str]:
-  """Dotted keys whose value differs between a stored config.json and `config`, except the
-  safe ones (a prefix ending in '.' covers a whole section)."""
-  new = flatten(json.loads(config.to_json_best_effort()))
-  old = flatten(stored)
-  changed = []
-  for key in sorted(set(new) | set(old)):
-    if any(key == s or (s.endswith('.') and key.startswith(s)) for s in safe):
-      continue
-    if new.get(key, '<absent>') != old.get(key, '<absent>'):
-      changed.append(f'{key}: {old.get(key, "<absent>")!r} -> {new.get(key, "<absent>")!r}')
-  return changed
-
-
 def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict,
                  allow_changes: bool = False) -> None:
   """A workdir holding a run (checkpoints and config.json) resumes only under the same config,
-  up to SAFE_TO_CHANGE; anything else stops with the differing keys listed."""
+  up to SAFE_TO_CHANGE; anything else stops with the differing keys listed. The checkpoints
+  may be one level down (the recall job's `<fusion>/checkpoints`, its `stage1/checkpoints`)."""
   stored = workdir / 'config.json'
-  if allow_changes or not stored.is_file() or not (workdir / 'checkpoints').is_dir():
+  has_run = (workdir / 'checkpoints').is_dir() or any(workdir.glob('*/checkpoints'))
+  if allow_changes or not stored.is_file() or not has_run:
     return
   try:
     old = json.loads(stored.read_text())

@@ -85,7 +85,9 @@ class Runner:
               name: str = '') -> Any:
     """The latest checkpoint in `directory` (default: the workdir), if any, restored into
     `state`'s structure and shardings; the data iterator is rewound with it."""
-    checkpointer = checkpoint_lib.Checkpointer(directory or self.workdir, every_steps=0)
+    # The job holds its workdir's lock: leftovers of a killed save are its own to remove.
+    checkpointer = checkpoint_lib.Checkpointer(directory or self.workdir, every_steps=0,
+                                               cleanup_tmp=True)
     if checkpointer.latest_step is not None:
       state = checkpointer.restore(state, data_iterator)
       who = f'{name.strip()}: ' if name.strip() else ''
@@ -107,7 +109,8 @@ class Runner:
     c = self.config.train
     workdir = pathlib.Path(workdir or self.workdir)
     state = self.restore(state, train_iter, workdir, name=log_prefix)
-    checkpointer = checkpoint_lib.Checkpointer(workdir, every_steps=c.checkpoint_every)
+    checkpointer = checkpoint_lib.Checkpointer(workdir, every_steps=c.checkpoint_every,
+                                               cleanup_tmp=True)
     logger = metrics_log.MetricsLogger(workdir, prefix=log_prefix, total_steps=c.num_steps,
                                        batch_size=c.batch_size)
     first_step = int(state.step) + 1

@@ -35,7 +35,8 @@ class Towers:
     batches = pipelines.query_batches(texts, self.data.tokenizer, c.eval.batch_size,
                                       c.data.query_len, trigram_buckets=c.model.trigram_buckets,
                                       max_trigrams=c.data.max_trigrams)
-    return vectors.extract(self._query, self.params, batches)
+    return vectors.extract(self._query, self.params, batches, what='queries',
+                           total=len(texts))
 
   def items(self, remove: tuple[str, ...] = ()) -> np.ndarray:
     """[N, E] catalog vectors; `remove`d modalities are marked absent for every item."""
@@ -46,7 +47,8 @@ class Towers:
     absent = {_PRESENCE[m] for m in remove}
     batches = [{k: (np.zeros_like(v) if k in absent else v) for k, v in b.items()}
                for b in self._item_batches]
-    return vectors.extract(self._doc, self.params, batches)
+    return vectors.extract(self._doc, self.params, batches, what='items',
+                           total=self.data.num_items)
 
 
 def evaluate(towers: Towers, config: ml_collections.ConfigDict,

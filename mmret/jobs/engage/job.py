@@ -37,6 +37,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   examples = data_lib.page_examples(data.dataset, 'train', config.data.max_page_negatives)
   info(f'data: {data.summary()}; {len(examples):,} engaged train impressions')
   data.require_eval_queries()
+  data.require_train_positives()
   runner = runner_lib.Runner(config, workdir)
   model = EngageModel(config.model, vocab_size=data.tokenizer.vocab_size)
   tx = runner.optimizer()

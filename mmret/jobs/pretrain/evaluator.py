@@ -35,12 +35,13 @@ class Towers:
   def queries(self, params, texts: list[str]) -> np.ndarray:
     batches = pipelines.query_batches(texts, self.data.tokenizer, self.config.eval.batch_size,
                                       self.config.data.query_len)
-    return vectors.extract(self._query, params, batches)
+    return vectors.extract(self._query, params, batches, what='queries', total=len(texts))
 
   def items(self, params) -> np.ndarray:
     batches = pipelines.item_batches(self.data.builder, self.data.tokenizer,
                                      self.config.eval.batch_size, self.config.data.title_len)
-    return vectors.extract(self._item, params, batches)
+    return vectors.extract(self._item, params, batches, what='items',
+                           total=self.data.num_items)
 
 
 def evaluate(towers: Towers, params, config: ml_collections.ConfigDict, eval_set

@@ -32,6 +32,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   data = prepare_lib.prepare(config.data)
   info(f'data: {data.summary()}')
   data.require_eval_queries()
+  data.require_train_positives()
   runner = runner_lib.Runner(config, workdir)
   model = model_lib.build_model(config, data)
   tx = runner.optimizer()

@@ -62,10 +62,12 @@ def evaluate(ctx, model: recall_model.RecallModel, state: step.RecallState,
   chunk = config.eval.batch_size
   catalog = np.arange(ctx.data.num_items, dtype=np.int32)
   items = vectors.extract(lambda s, b: encode_items(s, ctx.frozen, b['index'], b['rows']),
-                          state, index_batches(catalog, ctx.maps.item_rows, chunk))
+                          state, index_batches(catalog, ctx.maps.item_rows, chunk),
+                          what='items', total=len(catalog))
   queries = vectors.extract(
       lambda s, b: encode_queries(s, ctx.frozen, b['index'], b['rows']), state,
-      index_batches(ctx.eval_query_index, ctx.maps.query_rows[ctx.eval_query_index], chunk))
+      index_batches(ctx.eval_query_index, ctx.maps.query_rows[ctx.eval_query_index], chunk),
+      what='queries', total=len(ctx.eval_query_index))
   ks = tuple(config.eval.ks)
   evaluator = retrieval.RetrievalEvaluator(
       ctx.eval_set, ks=ks, scann=config.eval.scann,

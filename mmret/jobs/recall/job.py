@@ -45,6 +45,7 @@ class Context:
     self.data = prepare_lib.prepare(config.stage1.data)
     info(f'data: {self.data.summary()}')
     self.data.require_eval_queries()
+    self.data.require_train_positives()
     self.stats = data_lib.item_stats(self.data)
     self.groups = self.stats.groups(config.eval.head_click_share)
     info('item groups (train days): ' + ', '.join(

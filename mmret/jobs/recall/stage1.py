@@ -5,7 +5,11 @@ stage-1 workdir (`config.stage1_workdir`; by default `workdir/pretrain_default`,
 `python -m mmret.launch` puts its run, relative to the current directory): if that directory
 holds a checkpoint at (or past) the stage-1 config's final step, the latest one is restored;
 otherwise the stage-1 job is run there first (resuming from whatever checkpoint it has), by
-the `run_job` function the job registry passes in.
+the `run_job` function the job registry passes in. A finished run is reused only if its
+config.json matches `config.stage1` (up to the keys that do not change a checkpoint's meaning,
+mmret/config/changes.py); otherwise the job stops with the differing `stage1.*` keys listed,
+since the vectors of the old model would not reflect them (set `stage1_workdir` to a new
+directory to train stage 1 with them).
 The vectors are cached as .npy in the recall workdir, keyed by the stage-1 run (directory,
 checkpoint step, config) and the query list, so a retrained stage 1 is re-extracted:
 
@@ -24,6 +28,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from mmret.config import ConfigError
+from mmret.config import changes
 from mmret.data import prepare as prepare_lib
 from mmret.jobs.pretrain import data as pretrain_data
 from mmret.jobs.pretrain import evaluator as pretrain_evaluator
@@ -56,6 +62,25 @@ def _latest_step(directory: pathlib.Path) -> int | None:
   return latest
 
 
+def check_finished_run(stage1: ml_collections.ConfigDict, directory: pathlib.Path) -> None:
+  """Raises ConfigError when the finished run in `directory` had another config than `stage1`."""
+  stored = directory / 'config.json'
+  if not stored.is_file():
+    return  # a run from before config.json was written: nothing to compare with
+  try:
+    changed = changes.config_changes(json.loads(stored.read_text()), stage1)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{stored}: unreadable ({e}); remove it or set another stage1_workdir.'
+                      ) from None
+  if changed:
+    raise ConfigError(
+        f'stage1_workdir {directory} holds a finished stage-1 run of another config '
+        f'({len(changed)} key(s) differ: '
+        f'{"; ".join("stage1." + c for c in changed[:6])}{"; ..." if len(changed) > 6 else ""})'
+        '; its vectors would not reflect them: set --config.stage1_workdir to a new directory '
+        'to train stage 1 with these keys, or drop them.')
+
+
 def load_or_extract(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                     data: prepare_lib.PreparedData, queries: list[str], run_job: RunJob,
                     log=print) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +97,8 @@ def load_or_extract(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     log(f'stage 1: no finished run in {directory}; running {stage1.job}:{stage1.variant} there')
     run_job(stage1, directory)
     latest = _latest_step(directory)
+  else:
+    check_finished_run(stage1, directory)
 
   cache = workdir / 'stage1_vectors'
   key_file = cache / 'key.json'
