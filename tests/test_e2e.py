@@ -102,6 +102,12 @@ def test_zero_steps_evaluates_the_initial_model(tmp_path):
     (('--config', 'configs/pretrain.py:huge'), "unknown variant 'huge'"),
     (('--config', 'configs/pretrain.py:tiny', '--config.trian.num_steps=3'),
      "unknown config key 'trian.num_steps'. Did you mean train.num_steps?"),
+    # Without --config, ml_collections parses the default config as the flag is defined.
+    (('--config.trian.num_steps=3',),
+     "unknown config key 'trian.num_steps'. Did you mean train.num_steps?"),
+    (('--config', 'configs/recall.py', '--config.model.fusion=add'),
+     "config key 'model.fusion' cannot be set: the recall job trains one model per fusion "
+     """named in `variants`; set --config.variants='("add",)' instead."""),
     (('--config', 'configs/recall.py:tiny', '--config.data.source=/tmp'),
      "unknown config key 'data.source'. Did you mean stage1.data.source?"),
 ])

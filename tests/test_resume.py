@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -119,3 +120,74 @@ def test_divergence_names_step_and_metric_and_keeps_finite_checkpoints(tmp_path,
   bad_step = int(proc.stderr.split('step ')[1].split(':')[0])
   saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert all(s < bad_step for s in saved)
+
+
+# Runs `python -m mmret.launch ARGS` with the Grain iterator's checkpoint writer patched to
+# SIGKILL the process in the middle of writing checkpoint KILL_STEP: the state is (being)
+# written into `<step>.orbax-checkpoint-tmp`, the data part is half a file, and nothing is
+# renamed, which is what a kill during a checkpoint write leaves behind.
+_KILL_DURING_WRITE = '''
+import os, pathlib, runpy, signal, sys
+import grain.checkpoint
+kill_step = sys.argv.pop(1)
+def save(self, directory, *args, **kwargs):
+  directory = pathlib.Path(directory)
+  if directory.parent.name == f'{kill_step}.orbax-checkpoint-tmp':
+    (directory / 'process_0-of-1.json').write_text('{"half": ')
+    os.kill(os.getpid(), signal.SIGKILL)
+  return SAVE(self, directory, *args, **kwargs)
+SAVE = grain.checkpoint.CheckpointHandler.save
+grain.checkpoint.CheckpointHandler.save = save
+sys.argv[0] = 'mmret.launch'
+runpy.run_module('mmret.launch', run_name='__main__')
+'''
+
+
+def test_kill_during_a_checkpoint_write_resumes_from_the_last_complete_one(
+    reference, tmp_path, env, data_cache):
+  kill_step = 5
+  cmd = command(tmp_path, data_cache)
+  killed = subprocess.run([sys.executable, '-c', _KILL_DURING_WRITE, str(kill_step), *cmd[3:]],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  checkpoints = tmp_path / 'checkpoints'
+  left = sorted(p.name for p in checkpoints.iterdir())
+  assert f'{kill_step}.orbax-checkpoint-tmp' in left and str(kill_step) not in left
+  proc = run(cmd, env)
+  assert f'resumed from {checkpoints.absolute()} at step {kill_step - 1}' in proc.stdout
+  assert not list(checkpoints.glob('*.orbax-checkpoint-tmp'))
+  assert_same_params(final_params(tmp_path, STEPS), reference[0])
+  results = json.loads((tmp_path / 'results.json').read_text())
+  for key in ('recall@100/exact', 'recall@10', 'loss/total'):
+    assert results[key] == reference[1][key], key
+
+
+def test_second_job_in_a_workdir_is_refused_at_once_and_the_first_is_unharmed(
+    reference, tmp_path, env, data_cache):
+  # The second job is started in this process (its imports are done), so the time measured is
+  # that of the refusal itself; a CLI process adds its interpreter and import start-up.
+  from mmret import jobs  # pylint: disable=g-import-not-at-top
+  from mmret.config import ConfigError, load_config  # pylint: disable=g-import-not-at-top
+  import mmret.jobs.pretrain.job  # pylint: disable=g-import-not-at-top,unused-import
+  first = subprocess.Popen(command(tmp_path, data_cache), cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in first.stdout:  # the lock is taken before the data is read
+      if line.startswith('data: '):
+        break
+    config = load_config('configs/pretrain.py:tiny', {
+        'data.cache_dir': str(data_cache), 'train.num_steps': STEPS,
+        'train.checkpoint_every': 1, 'train.log_every': 1, 'eval.baselines': ()})
+    tic = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf'workdir {tmp_path} is in use by pid {first.pid} '):
+      jobs.run(config, tmp_path)
+    assert time.perf_counter() - tic < 1.0
+    first.stdout.read()
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert_same_params(final_params(tmp_path, STEPS), reference[0])
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert results['recall@100/exact'] == reference[1]['recall@100/exact']
+  assert len(list((tmp_path / 'tensorboard').glob('events.*'))) == 1  # the first job's only
