@@ -124,6 +124,10 @@ def test_model_axis_must_divide_the_sharded_dimensions():
     ({'optim.name': 'adam'}, r'optim\.weight_decay=0\.01 has no effect with optim\.name=.adam.'),
     ({'data.image_size': 0}, r"data\.image_size'=0: must be a positive integer"),
     ({'eval.baselines': ('bm25', 'bm52')}, r"eval\.baselines: unknown baseline 'bm52'"),
+    ({'model.dropout': 1.5}, r'model\.dropout=1\.5: a probability must be in \[0, 1\]'),
+    ({'model.mlm_prob': -0.1}, r'model\.mlm_prob=-0\.1: a probability must be in \[0, 1\]'),
+    ({'data.title_len': 0}, r"data\.title_len'=0: must be a positive integer"),
+    ({'eval.batch_size': -4}, r"eval\.batch_size'=-4: must be a positive integer"),
 ])
 def test_values_that_would_be_silently_wrong_are_refused(override, match):
   config = load_config('configs/pretrain.py:tiny', override)

@@ -118,6 +118,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
   if 'mesh' in config and 'train' in config:
     _check_mesh(config, num_devices)
+  _check_ranges(config)
+
+
+# Keys that, wherever they appear, are probabilities or sizes; a value out of range would
+# otherwise train silently (a negative dropout) or fail deep inside a pipeline (a length 0).
+_PROBABILITY_KEYS = ('dropout', 'mlm_prob', 'mpm_prob')
+_POSITIVE_INT_KEYS = ('data.query_len', 'data.title_len', 'data.vocab_size', 'eval.batch_size')
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+  for prefix, node in _walk(config):
+    for key in _PROBABILITY_KEYS:
+      if key in node and not isinstance(node[key], ml_collections.ConfigDict):
+        probability(config, prefix + key)
+  for key in _POSITIVE_INT_KEYS:
+    if _get(config, key) is not None:
+      positive_int(config, key)
 
 
 def _check_optim(optim: ml_collections.ConfigDict) -> None:
