@@ -7,6 +7,7 @@ the same with `run(load_config('configs/pretrain.py:tiny'), '/tmp/w')`.
 """
 
 import os
+import pathlib
 import re
 import sys
 
@@ -83,10 +84,22 @@ def main(argv):
   if _PRINT_CONFIG.value:
     print(_CONFIG.value)
     return
-  from mmret.train import distributed  # pylint: disable=g-import-not-at-top
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('workdir', f'{config.job}_{config.get("variant", "x")}')
+  # pylint: disable=g-import-not-at-top  (neither loads JAX)
+  from mmret.config import ConfigError
+  from mmret.jobs import workdir as workdir_lib
+  from mmret.train import distributed
+  explicit = _COORDINATOR.value or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if not explicit and distributed.cluster_size(os.environ) == 1:
+    # One process: a workdir another job holds is refused before JAX loads. (In a multi-process
+    # job only process 0 locks, and which one this is is known only once JAX starts.)
+    try:
+      workdir_lib.refuse_if_busy(pathlib.Path(workdir))
+    except ConfigError as e:
+      print(f'mmret: error: {e}', file=sys.stderr)
+      sys.exit(2)
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   code = run_and_report(config, workdir, _ALLOW_CONFIG_CHANGE.value)
   if code:
     sys.exit(code)

@@ -25,11 +25,10 @@ from mmret.config import ConfigError
 from mmret.config import checks
 from mmret.config import validate as validate_generic
 from mmret.jobs import results as results_lib
-from mmret.jobs import sweep
 from mmret.jobs import workdir as workdir_lib
 from mmret.train import distributed
-from mmret.train import optimizer
-from mmret.train import state
+# sweep, optimizer and state (JAX, optax, Flax) are imported where they are used: the CLI
+# imports this package's workdir module before JAX, to refuse a busy workdir at once.
 
 JOBS = ('pretrain', 'recall', 'engage')
 # Jobs that run other jobs get `run_job=run` (the recall job runs its missing stage 1).
@@ -44,6 +43,10 @@ def _module(name: str, part: str):
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """The generic checks and the job's own; raises ConfigError naming the key."""
+  # pylint: disable=g-import-not-at-top  (see the imports above)
+  from mmret.jobs import sweep
+  from mmret.train import optimizer
+  from mmret.train import state
   job_config = _module(config.job, 'config')
   checks.check_choices(config, {'train.rng_impl': state.RNG_IMPLS, 'optim.name': optimizer.NAMES,
                                 'data.process_sharding': distributed.PROCESS_SHARDING})
@@ -61,14 +64,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   another config is refused unless `allow_config_change`; config.json is written (atomically)
   only once the config is accepted, and results.json only when the job has finished.
   """
-  import jax  # pylint: disable=g-import-not-at-top  (after jax.distributed.initialize)
+  # pylint: disable=g-import-not-at-top
+  import jax  # after jax.distributed.initialize
+  from mmret.jobs import sweep
   t_start = time.perf_counter()
-  job = _module(config.job, 'job')
-  validate(config)
   workdir = pathlib.Path(workdir)
   workdir_lib.ensure_writable(workdir)
   primary = jax.process_index() == 0  # every process computes the same results; one writes
   with workdir_lib.lock(workdir) if primary else contextlib.nullcontext():
+    # The job's modules (seconds to import) load once the workdir is ours: a busy one is
+    # refused first.
+    job = _module(config.job, 'job')
+    validate(config)
     workdir_lib.check_resume(workdir, config, allow_config_change)
     if primary:
       workdir_lib.write_text_atomic(workdir / 'config.json',

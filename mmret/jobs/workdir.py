@@ -54,10 +54,7 @@ def lock(workdir: pathlib.Path) -> Iterator[None]:
     try:
       fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      f.seek(0)
-      holder = f.read().strip() or 'another process'
-      raise ConfigError(f'workdir {workdir} is in use by {holder}; wait for it to finish or '
-                        'choose another --workdir.') from None
+      raise _in_use(workdir, f) from None
     f.seek(0)
     f.truncate()
     f.write(f'pid {os.getpid()} on {socket.gethostname()} since '
@@ -69,6 +66,31 @@ def lock(workdir: pathlib.Path) -> Iterator[None]:
       f.seek(0)
       f.truncate()
       fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _in_use(workdir: pathlib.Path, f) -> ConfigError:
+  f.seek(0)
+  holder = f.read().strip() or 'another process'
+  return ConfigError(f'workdir {workdir} is in use by {holder}; wait for it to finish or '
+                     'choose another --workdir.')
+
+
+def refuse_if_busy(workdir: pathlib.Path) -> None:
+  """Raises `lock`'s ConfigError if another job holds `workdir`, without keeping the lock: the
+  CLI's check before it loads JAX (seconds), so that a second job is refused at once. `lock`
+  is what protects the workdir; this only answers early."""
+  path = workdir / LOCK_FILE
+  if not path.is_file():
+    return
+  try:
+    with open(path, encoding='utf-8') as f:
+      try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        raise _in_use(workdir, f) from None
+      fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+  except OSError:
+    return  # unreadable here: `lock` will say why
 
 
 def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict,

@@ -15,7 +15,8 @@ A single process (a laptop, one GPU host driving all its GPUs) initialises nothi
 import os
 from collections.abc import Mapping
 
-import jax
+# JAX is imported in the functions that use it: the CLI asks `cluster_size` before loading JAX
+# (seconds), to refuse a busy workdir at once (mmret/launch.py).
 
 PROCESS_SHARDING = ('per_process', 'global_batch')  # config.data.process_sharding
 
@@ -35,6 +36,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
   Must run before anything touches a JAX device.
   """
+  import jax  # pylint: disable=g-import-not-at-top
   env = os.environ if env is None else env
   explicit = coordinator_address or env.get('JAX_COORDINATOR_ADDRESS')
   if explicit:
@@ -59,6 +61,7 @@ def input_shard(process_sharding: str) -> tuple[int, int, bool]:
   every step. 'global_batch': every process reads the whole global batch and keeps its devices'
   rows of it (`full_batches`), so the run does not depend on the number of processes.
   """
+  import jax  # pylint: disable=g-import-not-at-top
   if process_sharding == 'global_batch':
     return 1, 0, True
   return jax.process_count(), jax.process_index(), False
