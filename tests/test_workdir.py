@@ -74,3 +74,23 @@ def test_rerun_keeps_the_train_keys_it_did_not_recompute():
   rerun = {'recall@10': 0.1, 'train/steps': 4.0, 'gate_add/recall@10': 0.2}
   kept = results_lib.keep_train_keys(dict(rerun), previous)
   assert kept == {**rerun, 'loss/qic': 1.5, 'gate_add/loss/total': 2.0}
+
+
+def test_resume_check_sees_checkpoints_one_level_down(tmp_path):
+  # The recall job keeps one checkpoint directory per fusion (<workdir>/<fusion>/checkpoints).
+  config = load_config('configs/recall.py:tiny')
+  (tmp_path / 'config.json').write_text(config.to_json_best_effort())
+  workdir_lib.check_resume(tmp_path, load_config('configs/recall.py:tiny', {'seed': 1}))
+  (tmp_path / 'add' / 'checkpoints').mkdir(parents=True)
+  with pytest.raises(ConfigError, match=r'1 key\(s\) differ: seed: 0 -> 1\)'):
+    workdir_lib.check_resume(tmp_path, load_config('configs/recall.py:tiny', {'seed': 1}))
+
+
+def test_busy_workdir_is_refused_without_taking_the_lock(tmp_path):
+  workdir_lib.refuse_if_busy(tmp_path)  # no lock file yet
+  with workdir_lib.lock(tmp_path):
+    with pytest.raises(ConfigError, match=rf'workdir {tmp_path} is in use by pid {os.getpid()} '):
+      workdir_lib.refuse_if_busy(tmp_path)
+  workdir_lib.refuse_if_busy(tmp_path)  # released
+  with workdir_lib.lock(tmp_path):  # and the check did not keep it
+    pass

@@ -16,11 +16,16 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-class Counter:
-  """Counts encoded rows; prints at most one line per `every_seconds`, and one at the end."""
+EVERY_SECONDS = 10.0  # between two progress lines of one pass
 
-  def __init__(self, what: str, total: int | None = None, every_seconds: float = 10.0):
-    self.what, self.total, self.every = what, total, every_seconds
+
+class Counter:
+  """Counts encoded rows; prints at most one line per `every_seconds` (EVERY_SECONDS by
+  default), and one at the end."""
+
+  def __init__(self, what: str, total: int | None = None, every_seconds: float | None = None):
+    self.what, self.total = what, total
+    self.every = EVERY_SECONDS if every_seconds is None else every_seconds
     self.count = 0
     self.start = self._last = time.perf_counter()
 
