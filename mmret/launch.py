@@ -19,7 +19,6 @@ from ml_collections import config_flags
 from mmret.config import DEFAULT_CONFIG
 
 
-
 def _define_config_flag():
   """--config. Without --config on the command line, ml_collections parses the default config
   file, with the --config.KEY overrides of sys.argv, as soon as the flag is defined, so an
