@@ -6,6 +6,7 @@ summary table. All logic lives in importable modules (`mmret.jobs.run`), so a no
 the same with `run(load_config('configs/pretrain.py:tiny'), '/tmp/w')`.
 """
 
+import errno
 import os
 import pathlib
 import re
@@ -17,6 +18,10 @@ from absl import logging
 from ml_collections import config_flags
 
 from mmret.config import DEFAULT_CONFIG
+
+# OSErrors that are the machine's state, not a bug: a full disk or quota, a read-only file
+# system, missing permissions (e.g. on data.cache_dir).
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _define_config_flag():
@@ -68,6 +73,13 @@ def run_and_report(config, workdir: str, allow_config_change: bool = False) -> i
   except NonFiniteError as e:
     print(f'mmret: training diverged: {e}', file=sys.stderr)
     return 3
+  except OSError as e:
+    if e.errno not in _ENVIRONMENT_ERRNOS:
+      raise
+    print(f'mmret: error: cannot write {e.filename or "a file"}: {e.strerror}; free space or '
+          'fix the permissions there, or point --workdir / data.cache_dir elsewhere.',
+          file=sys.stderr)
+    return 2
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     print(jobs.format_results(results, title=f'{config.job} results ({workdir}/results.json)'))

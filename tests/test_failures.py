@@ -101,6 +101,36 @@ def test_empty_query_is_rejected_with_its_line(tmp_path, capsys):
                   'empty')
 
 
+def test_engage_without_an_engaged_train_impression(tmp_path, capsys):
+  # Clicks count as positives, but with `engaged: false` none is an engagement label.
+  rows = _rows('interactions.jsonl')
+  last = max(r['day'] for r in rows)
+  for r in rows:
+    if r['day'] != last:
+      r['engaged'] = False
+  root = _byod(tmp_path, interactions=rows)
+  config = load_config('configs/engage.py:tiny', {
+      'data.source': str(root), 'data.cache_dir': str(tmp_path / 'cache'),
+      'data.vocab_size': 200})
+  line = _fail(config, tmp_path / 'run', capsys)
+  assert line == (f"mmret: error: {root / 'interactions.jsonl'}: field 'engaged': no train "
+                  'impression is engaged (engaged true; without that field, clicked or '
+                  'bought), so the engagement model has nothing to learn')
+
+
+def test_unwritable_data_cache(tmp_path, capsys):
+  if os.geteuid() == 0:
+    cache = pathlib.Path('/sys/mmret_cache')  # see test_read_only_workdir
+  else:
+    (tmp_path / 'ro').mkdir(mode=0o555)
+    cache = tmp_path / 'ro' / 'cache'
+  config = _config(FIXTURE, tmp_path, **{'data.cache_dir': str(cache)})
+  line = _fail(config, tmp_path / 'run', capsys)
+  assert line.startswith(f'mmret: error: cannot write {cache}')
+  assert line.endswith('; free space or fix the permissions there, or point --workdir / '
+                       'data.cache_dir elsewhere.')
+
+
 def test_workdir_that_is_a_file(tmp_path, capsys):
   workdir = tmp_path / 'a_file'
   workdir.write_text('x')

@@ -15,6 +15,7 @@ import time
 import ml_collections
 
 from mmret.data import prepare as prepare_lib
+from mmret.data import records
 from mmret.jobs.engage import data as data_lib
 from mmret.jobs.engage import evaluator
 from mmret.jobs.engage import objective
@@ -38,6 +39,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   info(f'data: {data.summary()}; {len(examples):,} engaged train impressions')
   data.require_eval_queries()
   data.require_train_positives()
+  if not len(examples):  # clicks labelled `engaged: false` are positives, but no engagement
+    raise records.DataError(
+        data.dataset.root / records.INTERACTIONS_FILE, 0, 'engaged',
+        'no train impression is engaged (engaged true; without that field, clicked or bought), '
+        'so the engagement model has nothing to learn')
   runner = runner_lib.Runner(config, workdir)
   model = EngageModel(config.model, vocab_size=data.tokenizer.vocab_size)
   tx = runner.optimizer()
