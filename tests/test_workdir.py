@@ -82,6 +82,8 @@ def test_resume_check_sees_checkpoints_one_level_down(tmp_path):
   (tmp_path / 'config.json').write_text(config.to_json_best_effort())
   workdir_lib.check_resume(tmp_path, load_config('configs/recall.py:tiny', {'seed': 1}))
   (tmp_path / 'add' / 'checkpoints').mkdir(parents=True)
+  workdir_lib.check_resume(tmp_path, load_config('configs/recall.py:tiny', {
+      'variants': ('gate_add',)}))  # another choice of fusions: each has its own checkpoints
   with pytest.raises(ConfigError, match=r'1 key\(s\) differ: seed: 0 -> 1\)'):
     workdir_lib.check_resume(tmp_path, load_config('configs/recall.py:tiny', {'seed': 1}))
 

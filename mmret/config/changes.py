@@ -11,9 +11,10 @@ import json
 import ml_collections
 
 # Keys a resumed run may change without changing what the checkpoint means: how long to train,
-# how often to log and save, how to evaluate and report, where the data cache lives.
+# how often to log and save, how to evaluate and report, where the data cache lives, and which
+# of the recall job's fusions to run (each has its own checkpoints).
 SAFE_TO_CHANGE = ('train.num_steps', 'train.log_every', 'train.checkpoint_every', 'eval.',
-                  'data.cache_dir', 'log_prefix', 'sweep.')
+                  'data.cache_dir', 'log_prefix', 'sweep.', 'variants')
 
 
 def flatten(tree: dict, prefix: str = '') -> dict:
