@@ -20,7 +20,7 @@ The impressions are duck-typed: query [I] strings, item int [I], engaged bool [I
 relevance int [I] (-1 = ungraded).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
