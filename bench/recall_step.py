@@ -8,6 +8,13 @@ fusion, row-wise Adagrad on the ID tables, state donated), runs warm-up steps, t
 the median wall time of `--steps` steps (each ended by block_until_ready), and finally the
 ratio of the largest table's step time to the smallest's.
 
+It then times the step as training feeds it (`fed`): `--steps` steps in a row, each batch made
+by the host pipeline (negative sampling from the CDF, row maps, the transfer) and no sync
+until the last step, once with the batches made in the loop (`fed_plain_ms`: JAX's
+asynchronous dispatch alone overlaps them with the step) and once made ahead on a background
+thread by mmret.data.prefetch (`fed_prefetch_ms`). Per step: total time / steps. The fed
+ratio compares the prefetched fed step of the largest table with the smallest's.
+
   python bench/recall_step.py                              # 1e4 .. 1e7 item rows, CPU
   python bench/recall_step.py --sizes 1e4,1e6,1e8          # on an accelerator with the memory
   python bench/recall_step.py --id_optim adam --out /tmp/recall_step_adam.json
@@ -32,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from mmret.config import load_config  # pylint: disable=g-import-not-at-top
+from mmret.data import prefetch as prefetch_lib
 from mmret.embeddings import tables
 from mmret import ops
 from mmret.jobs.recall import data as recall_data
@@ -108,12 +116,35 @@ def time_size(num_items: int, args, config, mesh, rules) -> dict:
       if i >= args.warmup:
         times.append((time.perf_counter() - tic) * 1e3)
   loss = float(metrics['loss/total'])
+  with jax.set_mesh(mesh):
+    state, plain_ms = time_fed(state, frozen, step, host_batch, mesh, args.steps, 0)
+    state, prefetch_ms = time_fed(state, frozen, step, host_batch, mesh, args.steps,
+                                  args.prefetch)
   table_bytes = sum(x.nbytes for x in jax.tree.leaves(state.item_table)) + sum(
       x.nbytes for x in jax.tree.leaves(frozen))
   del state, frozen, batches
   return {'item_rows': num_items, 'median_ms': statistics.median(times),
           'p10_ms': float(np.percentile(times, 10)), 'p90_ms': float(np.percentile(times, 90)),
-          'host_batch_ms': host_ms, 'loss': loss, 'item_state_gib': table_bytes / 2**30}
+          'host_batch_ms': host_ms, 'fed_plain_ms': plain_ms, 'fed_prefetch_ms': prefetch_ms,
+          'loss': loss, 'item_state_gib': table_bytes / 2**30}
+
+
+def time_fed(state, frozen, step, host_batch, mesh, steps: int, depth: int):
+  """-> (state, ms per step) of `steps` steps fed by host_batch + transfer, synced at the end.
+
+  depth 0 makes each batch in the loop; depth > 0 makes them on a prefetch thread.
+  """
+  def batches():
+    for i in range(2000, 2000 + steps):
+      yield sharding_lib.to_device(host_batch(i), mesh, full=True,
+                                   replicated_keys=recall_step.REPLICATED_BATCH_KEYS)
+
+  jax.block_until_ready(state)
+  tic = time.perf_counter()
+  for batch in prefetch_lib.prefetch(batches(), depth) if depth else batches():
+    state, metrics = step(state, batch, frozen)
+  jax.block_until_ready((state, metrics))
+  return state, (time.perf_counter() - tic) / steps * 1e3
 
 
 def main():
@@ -130,6 +161,7 @@ def main():
                       help='cold-start dropout rate of the step (0: off)')
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--prefetch', type=int, default=2, help='prefetch depth of the fed run')
   parser.add_argument('--out', default=None, help='JSON file for the numbers')
   args = parser.parse_args()
 
@@ -150,14 +182,17 @@ def main():
     rows.append(r)
     print(f'  item rows {size:>12,}: {r["median_ms"]:8.2f} ms/step (p10 {r["p10_ms"]:.2f}, '
           f'p90 {r["p90_ms"]:.2f}); host batch {r["host_batch_ms"]:.2f} ms; '
+          f'fed {r["fed_plain_ms"]:.2f} ms (prefetched {r["fed_prefetch_ms"]:.2f} ms); '
           f'item-side state {r["item_state_gib"]:.2f} GiB', flush=True)
   ratio = rows[-1]['median_ms'] / rows[0]['median_ms']
   print(f'ratio largest/smallest ({rows[-1]["item_rows"]:,} / {rows[0]["item_rows"]:,} rows): '
         f'{ratio:.3f}  (target <= 1.3)')
+  fed_ratio = rows[-1]['fed_prefetch_ms'] / rows[0]['fed_prefetch_ms']
+  print(f'fed (prefetched) ratio largest/smallest: {fed_ratio:.3f}  (target <= 1.3)')
   if args.out:
     pathlib.Path(args.out).write_text(json.dumps(
         {'device': f'{jax.device_count()} x {device.device_kind}', 'args': vars(args),
-         'rows': rows, 'ratio': ratio}, indent=2) + '\n')
+         'rows': rows, 'ratio': ratio, 'fed_ratio': fed_ratio}, indent=2) + '\n')
 
 
 if __name__ == '__main__':

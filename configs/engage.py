@@ -130,6 +130,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.ks = (10, 100) if variant != 'default' else (10, 50, 100, 1000)
   c.eval.batch_size = 32 if tiny else 256
   c.eval.scann = True
+  # ScaNN parameters: None keeps the size rule of mmret.evaluate.search.scann_params (a tree
+  # from 50k items, exhaustive below 10k); e.g. --config.eval.scann_params.leaves_to_search=40.
+  c.eval.scann_params = ml_collections.ConfigDict({
+      name: ml_collections.config_dict.placeholder(int)
+      for name in ('num_leaves', 'leaves_to_search', 'reorder', 'training_sample_size')})
   c.eval.relevant_min_grade = 2  # relevance AUC: grade 2 (exact) relevant; 0 and 1 not
 
   # The ablation of the source's Table 1 (mmret/jobs/sweep.py): five rows x 3 seeds, each row

@@ -108,6 +108,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.ks = (10, 50, 100, 1000)
   c.eval.batch_size = 64 if tiny else 1024
   c.eval.scann = True
+  # ScaNN parameters: None keeps the size rule of mmret.evaluate.search.scann_params (a tree
+  # from 50k items, exhaustive below 10k); e.g. --config.eval.scann_params.leaves_to_search=40.
+  c.eval.scann_params = ml_collections.ConfigDict({
+      name: ml_collections.config_dict.placeholder(int)
+      for name in ('num_leaves', 'leaves_to_search', 'reorder', 'training_sample_size')})
   c.eval.head_click_share = 0.5  # head = most-clicked items holding this share of train clicks
 
   c.mesh = ml_collections.ConfigDict()

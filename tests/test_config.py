@@ -80,6 +80,16 @@ def test_validation_names_the_key(config_file, override, num_devices, key):
     validate(c, num_devices=num_devices)
 
 
+@pytest.mark.parametrize('path', ['configs/pretrain.py:tiny', 'configs/recall.py:tiny',
+                                  'configs/engage.py:tiny'])
+def test_scann_params_are_config_keys(path):
+  c = load_config(path, {'eval.scann_params.leaves_to_search': 40})
+  assert c.eval.scann_params.leaves_to_search == 40 and c.eval.scann_params.reorder is None
+  validate(c, num_devices=1)
+  with pytest.raises(ConfigError, match=r'eval\.scann_params\.reorder=0'):
+    validate(load_config(path, {'eval.scann_params.reorder': 0}), num_devices=1)
+
+
 def test_valid_config_passes(config_file):
   validate(load_config(str(config_file)), num_devices=8)
   validate(load_config(str(config_file)), num_devices=1)

@@ -53,10 +53,11 @@ def test_exact_topk_caps_k_at_catalog_size():
 
 def test_scann_default_rule_has_high_neighbour_recall():
   rng = np.random.default_rng(3)
-  items, queries = _unit(rng, 2000, 16), _unit(rng, 100, 16)
+  items, queries = _unit(rng, 12_000, 16), _unit(rng, 100, 16)
   _, exact = search.exact_topk(queries, items, 10)
   index = search.build_scann(items, num_neighbors=10)
   assert index.params.num_leaves == 0 and not index.params.brute_force  # AH + reorder regime
+  assert not index.params.exhaustive and index.params.reorder == 100
   scores, ids = index.search(queries, 10)
   assert ids.dtype == np.int32 and ids.shape == (100, 10)
   assert search.neighbour_recall(ids, exact) >= 0.9
@@ -94,10 +95,42 @@ def test_scann_tiny_catalog_is_exact():
 
 
 def test_scann_params_rule():
+  # 1000 leaves: 5% = 50 beats the 20 * k * L / N = 20 leaves that hold 20k candidates.
   big = search.scann_params(1_000_000, num_neighbors=1000)
-  assert (big.num_leaves, big.leaves_to_search, big.reorder) == (1000, 100, 4000)
-  assert search.scann_params(999_999, num_neighbors=10).num_leaves == 0
+  assert (big.num_leaves, big.leaves_to_search, big.reorder) == (1000, 50, 4000)
+  # 200k, k = 100: round(sqrt(N)) = 447 leaves, ceil(0.05 * 447) = 23 searched, reorder 4k.
+  medium = search.scann_params(200_000, num_neighbors=100)
+  assert (medium.num_leaves, medium.leaves_to_search, medium.reorder) == (447, 23, 400)
+  assert not medium.exhaustive and medium.training_sample_size == 100_000
+  # Deep lists search more leaves: 20 * 1000 * 447 / 200k -> 45 leaves.
+  assert search.scann_params(200_000, num_neighbors=1000).leaves_to_search == 45
+  assert search.scann_params(49_999, num_neighbors=10).num_leaves == 0
   assert search.scann_params(50_000, num_neighbors=10).reorder == 100
+  # 10k: the reorder pool is capped at a quarter of the catalog, not 4k = 4000.
+  assert search.scann_params(10_000, num_neighbors=1000).reorder == 2500
+
+
+def test_scann_params_exhaustive_below_documented_size():
+  # The issue's case: 3,000 items, K = 1000 is exact search by construction, and says so.
+  small = search.scann_params(3000, num_neighbors=1000)
+  assert small.brute_force and small.exhaustive
+  assert search.scann_params(search.EXHAUSTIVE_BELOW - 1, num_neighbors=10).exhaustive
+  assert search.scann_params(20_000, num_neighbors=20_000).exhaustive  # K = N: everything
+  # Explicit tree/reorder arguments below the size are honoured (and are not brute force).
+  tree = search.scann_params(2000, num_neighbors=10, num_leaves=20, leaves_to_search=2)
+  assert not tree.brute_force and not tree.exhaustive
+
+
+@pytest.mark.parametrize('n', [10_000, 10_001, 12_345, 49_999, 50_000, 200_000, 2_000_000])
+def test_scann_reorder_never_whole_catalog_from_documented_size(n):
+  assert n >= search.EXHAUSTIVE_BELOW
+  for k in (1, 10, 100, 1000, 2500, 2501, 5000, n // 2, n - 1):
+    params = search.scann_params(n, num_neighbors=k)
+    assert k <= params.reorder < n, (n, k, params)
+    assert params.reorder <= max(k, 4 * max(k, 25)), (n, k, params)  # a small multiple of k
+    assert not params.exhaustive and not params.brute_force
+    if params.num_leaves:
+      assert 0 < params.leaves_to_search <= params.num_leaves
 
 
 def test_neighbour_recall_hand_case():
@@ -227,7 +260,12 @@ def test_evaluator_end_to_end_on_planted_vectors():
   expected_keys = {f'{m}@{k}{s}' for k in (1, 1000) for m, s in [
       ('recall', ''), ('recall', '/exact'), ('relevance', ''), ('exact_match', ''),
       ('recall', '/image_only'), ('recall', '/cold'), ('scann_neighbour_recall', '')]}
-  assert set(out) == expected_keys
+  search_keys = {'search/exhaustive', 'perf/search/scann_qps', 'perf/search/exact_qps',
+                 'perf/search/scann_build_seconds'}
+  assert set(out) == expected_keys | search_keys
+  # 40 items: ScaNN scored every item exactly, and the results say so.
+  assert out['search/exhaustive'] == 1.0
+  assert out['perf/search/scann_qps'] > 0 and out['perf/search/exact_qps'] > 0
   assert out['recall@1'] == out['recall@1/exact'] == pytest.approx(0.75)
   assert out['recall@1/image_only'] == pytest.approx(0.75)
   assert out['recall@1/cold'] == 1.0
@@ -249,12 +287,25 @@ def test_evaluator_end_to_end_on_planted_vectors():
     evaluator.run(queries, items[:, :8])
 
 
+def test_evaluator_scann_overrides_make_search_approximate():
+  """A reorder pool below N (an override, as config eval.scann_params.reorder passes it) makes
+  the search approximate: exhaustive 0, and neighbour recall is ScaNN's against exact."""
+  eval_set, queries, items = _planted_eval_set()
+  result = retrieval.RetrievalEvaluator(eval_set, ks=(1, 10), scann_params={
+      'reorder': 12, 'num_leaves': None}).run(queries, items)
+  out = result.metrics
+  assert out['search/exhaustive'] == 0.0
+  assert out['scann_neighbour_recall@10'] == pytest.approx(search.neighbour_recall(
+      result.ids[:, :10], result.exact_ids[:, :10]))
+
+
 def test_evaluator_without_scann_and_ranking_baseline():
   eval_set, queries, items = _planted_eval_set()
   result = retrieval.RetrievalEvaluator(eval_set, ks=(1,), scann=False).run(queries, items)
   out = result.metrics
   np.testing.assert_array_equal(result.ids, result.exact_ids)
   assert 'scann_neighbour_recall@1' not in out and out['recall@1'] == pytest.approx(0.75)
+  assert 'search/exhaustive' not in out and out['perf/search/exact_qps'] > 0
   # A ranking that retrieves nothing but one padded target: -1 slots grade as unknown.
   ids = np.full((10, 3), -1)
   ids[0, 0] = 0
@@ -264,3 +315,13 @@ def test_evaluator_without_scann_and_ranking_baseline():
   assert ranked['bm25/relevance@3'] == 1.0  # only query 0 has a known grade
   with pytest.raises(ValueError, match='rows'):
     retrieval.evaluate_ranking(ids[:5], eval_set, (1,))
+
+
+def test_results_table_says_when_search_was_exhaustive():
+  from mmret.jobs import results  # pylint: disable=g-import-not-at-top
+  text = results.format_results({'recall@10': 0.5, 'search/exhaustive': 1.0,
+                                 'baseline/random_init/search/exhaustive': 1.0,
+                                 'id_only/search/exhaustive': 0.0})
+  note = text.splitlines()[-1]
+  assert note.startswith('note: ScaNN search was exhaustive (baseline/random_init/, model)')
+  assert 'note:' not in results.format_results({'search/exhaustive': 0.0})

@@ -80,6 +80,13 @@ def test_negative_sampler_follows_clicks_within_its_support():
   again, _ = sampler.sample(20_000, seed=0, step=3)  # deterministic in (seed, step): resumable
   np.testing.assert_array_equal(ids, again)
   assert not np.array_equal(ids, sampler.sample(20_000, seed=0, step=4)[0])
+  # The sorted-order search gives exactly the draws of a plain search of the uniforms as drawn
+  # (the negatives every run before the speed-up used), ties on CDF plateaus included.
+  u = np.random.default_rng([0, 3]).random(20_000)
+  plain = np.minimum(np.searchsorted(sampler._cdf, u, side='right'), 4)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(ids, plain.astype(np.int32))
+  np.testing.assert_array_equal(log_q, sampler.log_q_all[plain])
+  assert ids.dtype == np.int32 and log_q.dtype == np.float32
   # Groups: head holds >= half the clicks, cold has no impression; a partition.
   stats = recall_data.ItemStats(impressions=np.array([5.0, 20, 0, 8, 9]), clicks=clicks,
                                 category=np.zeros(5, np.int32), num_categories=0)

@@ -45,6 +45,12 @@ def test_default_config_sizes_and_errors():
   assert synthshop.default_config('small').catalog.num_items == 3000
   assert synthshop.default_config('small').queries.num_queries == 300
   assert synthshop.default_config('large').catalog.num_items >= 1_000_000
+  medium = synthshop.default_config('medium')
+  assert (medium.catalog.num_items, medium.queries.num_queries) == (200_000, 3000)
+  assert (medium.logs.num_days, medium.logs.pages_per_day) == (6, 10_000)
+  # The sizes that existed before 'medium' keep their configs (and so their cache hashes).
+  assert synthshop.default_config('small').logs.pages_per_day == 1000
+  assert synthshop.default_config('large').logs.pages_per_day == 100_000
   with pytest.raises(ValueError, match="'huge'"):
     synthshop.default_config('huge')
   for key, value in [('images.size', 300), ('catalog.cold_share', 1.5),

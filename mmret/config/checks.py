@@ -102,6 +102,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if 'eval' in config and 'ks' in config.eval:
     if not config.eval.ks or any(not isinstance(k, int) or k <= 0 for k in config.eval.ks):
       raise ConfigError(f'config key eval.ks={config.eval.ks!r}: positive integers required.')
+  for name, value in config.get('eval', {}).get('scann_params', {}).items():
+    if value is not None and (not isinstance(value, int) or value <= 0):
+      raise ConfigError(f'config key eval.scann_params.{name}={value!r}: a positive integer, '
+                        'or None for the size rule of mmret.evaluate.search.scann_params.')
 
   if 'data' in config:
     source = config.data.get('source', 'synthshop')

@@ -20,7 +20,7 @@ The impressions are duck-typed: query [I] strings, item int [I], engaged bool [I
 relevance int [I] (-1 = ungraded).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,8 @@ class EngagementEvaluator:
   """See the module docstring."""
 
   def __init__(self, impressions: Any, eval_set: Any, *, ks: Sequence[int], scann: bool,
-               relevant_min_grade: int, removals: Sequence[tuple[str, ...]] = ((),)):
+               relevant_min_grade: int, removals: Sequence[tuple[str, ...]] = ((),),
+               scann_params: Mapping[str, int | None] | None = None):
     if not impressions.query:
       raise ValueError('no labelled eval-day impression: the engagement AUC needs an eval split '
                        '(docs/DATA.md, split rule) with click/purchase/engaged labels.')
@@ -41,6 +42,7 @@ class EngagementEvaluator:
     self.ks, self.scann = tuple(ks), scann
     self.relevant_min_grade = relevant_min_grade
     self.removals = [tuple(r) for r in removals]
+    self.scann_params = scann_params  # overrides of search.scann_params (RetrievalEvaluator)
 
   def run(self, query_vectors_fn: Callable[[list[str]], np.ndarray],
           item_vectors_fn: Callable[[tuple[str, ...]], np.ndarray]) -> dict[str, float]:
@@ -60,7 +62,8 @@ class EngagementEvaluator:
       results[prefix + 'engagement_auc'] = metrics_lib.roc_auc(scores, imp.engaged)
       results[prefix + 'relevance_auc'] = metrics_lib.roc_auc(scores, relevant, where=graded)
       evaluator = retrieval.RetrievalEvaluator(eval_set, ks=self.ks,
-                                               scann=self.scann and not remove)
+                                               scann=self.scann and not remove,
+                                               scann_params=self.scann_params)
       for k, v in evaluator.run(recall_q, items).metrics.items():
         if not prefix or k.startswith('recall@'):
           results[prefix + k] = v

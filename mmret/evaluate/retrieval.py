@@ -22,6 +22,12 @@ catalog of 300 items reports recall@1000 as its recall@300 and keys stay stable 
                              only the image shows (eval_set.image_only_relevant, if present)
   recall@K/<name>            ScaNN recall on each extra target set (e.g. cold items)
   scann_neighbour_recall@K   |ScaNN top-K ∩ exact top-K| / K
+  search/exhaustive          1 when the ScaNN search is exact search by construction (a catalog
+                             under search.EXHAUSTIVE_BELOW items, or K >= N): its figures are
+                             then no measurement of approximate search; else 0
+  perf/search/scann_qps, perf/search/exact_qps, perf/search/scann_build_seconds
+                             eval queries/s of each searcher (host wall clock, exact search's
+                             compilation included) and the ScaNN index build time
 With scann=False the unsuffixed metrics come from exact search and the ScaNN-only key is absent.
 The eval set is duck-typed: queries, targets, image_only_targets and grade(query_idx [Q],
 item_idx [Q, K]) -> int [Q, K] (mmret.data.evalset.EvalSet).
@@ -113,12 +119,15 @@ class RetrievalEvaluator:
 
   def __init__(self, eval_set: Any, *, ks: Sequence[int] = (10, 50, 100, 1000),
                scann: bool = True,
-               extra_target_sets: Mapping[str, Sequence[np.ndarray]] | None = None):
+               extra_target_sets: Mapping[str, Sequence[np.ndarray]] | None = None,
+               scann_params: Mapping[str, int | None] | None = None):
     """Args:
       eval_set: the eval set (duck-typed, see the module docstring).
       ks: cut-offs K, each > 0.
       scann: also search with ScaNN (the reported metrics) besides exact search (the oracle).
       extra_target_sets: name -> Q target arrays, reported as 'recall@K/<name>'.
+      scann_params: overrides of search.scann_params' size rule (num_leaves,
+        leaves_to_search, reorder, training_sample_size); None values keep the rule.
     """
     if not ks or any(int(k) <= 0 for k in ks):
       raise ValueError(f'ks must be positive integers, got {ks}.')
@@ -133,6 +142,7 @@ class RetrievalEvaluator:
     self.ks = tuple(int(k) for k in ks)
     self.scann = scann
     self.extra_target_sets = extra_target_sets
+    self.scann_params = {k: v for k, v in (scann_params or {}).items() if v is not None}
 
   def _check(self, queries: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     queries = np.asarray(queries, np.float32)
@@ -156,16 +166,22 @@ class RetrievalEvaluator:
     _, exact_ids = search.exact_topk(queries, items, k_max)
     timings['exact'] = time.perf_counter() - tic
     ids = exact_ids
+    search_info = {'perf/search/exact_qps': len(queries) / max(timings['exact'], 1e-9)}
     if self.scann:
       tic = time.perf_counter()
-      index = search.build_scann(items, num_neighbors=k_max)
+      index = search.build_scann(items, num_neighbors=k_max, **self.scann_params)
       timings['scann_build'] = time.perf_counter() - tic
       tic = time.perf_counter()
       _, ids = index.search(queries, k_max)
       timings['scann_search'] = time.perf_counter() - tic
+      search_info.update({
+          'search/exhaustive': float(index.params.exhaustive),
+          'perf/search/scann_qps': len(queries) / max(timings['scann_search'], 1e-9),
+          'perf/search/scann_build_seconds': timings['scann_build']})
 
     tic = time.perf_counter()
     out = evaluate_ranking(ids, self.eval_set, self.ks)
+    out.update(search_info)
     for k in self.ks:
       out[f'recall@{k}/exact'] = metrics.recall_at_k(exact_ids, self.eval_set.targets, k)
       for name, target_sets in self.extra_target_sets.items():

@@ -18,48 +18,58 @@ import jax.numpy as jnp
 import numpy as np
 import scann
 
-# Catalogs below this size are scored exactly inside ScaNN: anisotropic hashing (16 centres per
-# block) has too little data to train on, and exact scoring is cheap anyway.
-_BRUTE_FORCE_BELOW = 1_000
-# Below this, ScaNN scores every item with asymmetric hashing (no partition tree): measured
-# ~4 us per query per 1k items on 2 CPU cores (4 ms/query at 1M), and near-exact neighbour
-# recall at K=1000, where a tree searching 10% of its leaves loses 30-60% of the deep list.
-_TREE_FROM = 1_000_000
-# The reorder step rescores this many AH candidates per requested neighbour exactly.
+# Catalogs below this size are searched exhaustively (exact float32 scoring inside ScaNN): an
+# approximate figure on a few thousand items says nothing about approximate search at scale,
+# and exact scoring is cheap there. Evaluations report `search/exhaustive` = 1 for them.
+EXHAUSTIVE_BELOW = 10_000
+# From this size a k-means tree of round(sqrt(N)) leaves partitions the catalog; below it AH
+# scores every item (~4 us per query per 1k items on 2 CPU cores), cheap enough at 50k.
+_TREE_FROM = 50_000
+# Leaves searched: the larger of this share of the leaves and enough leaves to expect
+# _CANDIDATES_PER_NEIGHBOUR * k candidates; at N = 200k, k = 100 (447 leaves, 22 searched) this
+# measured neighbour recall@100 >= 0.95 on the clustered set of bench/ann_search.py.
+_LEAF_SHARE = 0.05
+_CANDIDATES_PER_NEIGHBOUR = 20
+# The reorder step rescores this many AH candidates per requested neighbour exactly, never
+# more than a quarter of the catalog (so never the whole catalog from EXHAUSTIVE_BELOW up).
 _REORDER_PER_NEIGHBOUR = 4
 _MIN_REORDER = 100
+_MAX_REORDER_SHARE = 4
+# k-means and AH codebooks train on at most this many items (sampled by ScaNN).
+_TRAINING_SAMPLE = 100_000
 
 
 @functools.lru_cache(maxsize=16)
 def _exact_block_fn(k: int, item_block: int):
-  """jit'd (queries [B, D], items [M, D], num_items) -> (scores [B, k], ids [B, k]).
+  """jit'd (queries [B, D], items [N, D]) -> (scores [B, k], ids [B, k]), N >= item_block.
 
-  items holds ceil(num_items / item_block) blocks (zero-padded); a scan walks them and keeps a
-  running top-k, so only a [B, item_block] score matrix is ever live. Merging puts the running
-  top-k (lower item indices) first and lax.top_k keeps the earlier of equal scores, so ties
-  resolve to the lower item index exactly as in a single top_k over all items. Cached per
-  (k, item_block) so repeated evaluations reuse the compiled program.
+  A scan walks ceil(N / item_block) blocks of the catalog and keeps a running top-k, so only a
+  [B, item_block] score matrix is ever live and the catalog is never copied or padded: the last
+  block is the catalog's last item_block rows, with the rows an earlier block already scored
+  masked out. Merging puts the running top-k (lower item indices) first and lax.top_k keeps
+  the earlier of equal scores, so ties resolve to the lower item index exactly as in a single
+  top_k over all items. Compiled once per (k, item_block) and shapes, reused across calls.
   """
 
-  def search(queries, items, num_items):
-    b = queries.shape[0]
-    blocks = items.reshape(-1, item_block, items.shape[-1])
+  def search(queries, items):
+    b, n = queries.shape[0], items.shape[0]
 
-    def step(carry, inputs):
+    def step(carry, start):
       best_scores, best_ids = carry
-      block, start = inputs
+      first = jnp.minimum(start, n - item_block)
+      block = jax.lax.dynamic_slice_in_dim(items, first, item_block)
       # HIGHEST: the oracle must not use TF32/bf16 passes that GPUs allow by default.
       scores = jnp.dot(queries, block.T, precision=jax.lax.Precision.HIGHEST)
-      ids = start + jnp.arange(item_block, dtype=jnp.int32)
-      scores = jnp.where(ids[None, :] < num_items, scores, -jnp.inf)
+      ids = first + jnp.arange(item_block, dtype=jnp.int32)
+      scores = jnp.where(ids[None, :] >= start, scores, -jnp.inf)
       merged_scores = jnp.concatenate([best_scores, scores], axis=1)
       merged_ids = jnp.concatenate([best_ids, jnp.broadcast_to(ids, scores.shape)], axis=1)
       top_scores, pos = jax.lax.top_k(merged_scores, k)
       return (top_scores, jnp.take_along_axis(merged_ids, pos, axis=1)), None
 
     init = (jnp.full((b, k), -jnp.inf, jnp.float32), jnp.full((b, k), -1, jnp.int32))
-    starts = jnp.arange(blocks.shape[0], dtype=jnp.int32) * item_block
-    (scores, ids), _ = jax.lax.scan(step, init, (blocks, starts))
+    starts = jnp.arange(-(-n // item_block), dtype=jnp.int32) * item_block
+    (scores, ids), _ = jax.lax.scan(step, init, starts)
     return scores, ids
 
   return jax.jit(search)
@@ -67,20 +77,21 @@ def _exact_block_fn(k: int, item_block: int):
 
 def exact_topk(queries: np.ndarray, items: np.ndarray, k: int, *, batch_size: int = 1024,
                item_batch_size: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
-  """Exact top-k items by inner product, in query blocks x item blocks.
+  """Exact top-k items by inner product, in query blocks x item blocks, on the default device.
 
   Args:
     queries: float [Q, D] query vectors.
-    items: float [N, D] item vectors (the whole catalog).
+    items: float [N, D] item vectors (the whole catalog); it is moved to the device once
+      (2M x 384 float32 is 3.1 GB) and never padded or copied there.
     k: neighbours per query; capped at N.
     batch_size: queries per block. The last block is zero-padded so one compiled program
       serves every block.
-    item_batch_size: items per block; device memory holds a [batch_size, item_batch_size]
-      score matrix plus the item table, whatever N is.
+    item_batch_size: items per block; besides the catalog, the device holds one
+      [batch_size, item_batch_size] score matrix and the running [batch_size, k] top-k.
 
   Returns:
     scores float32 [Q, min(k, N)] in descending order and ids int32 [Q, min(k, N)]; equal
-    scores are ordered by item index.
+    scores are ordered by item index (lower first), whatever the blocking.
   """
   queries = np.asarray(queries, np.float32)
   items = np.asarray(items, np.float32)
@@ -88,17 +99,15 @@ def exact_topk(queries: np.ndarray, items: np.ndarray, k: int, *, batch_size: in
   k = min(k, n)
   if k <= 0 or q == 0:
     return np.zeros((q, max(k, 0)), np.float32), np.zeros((q, max(k, 0)), np.int32)
-  item_block = min(item_batch_size, n)
-  padded_n = -(-n // item_block) * item_block
-  items_dev = jnp.asarray(np.pad(items, ((0, padded_n - n), (0, 0))))
+  items_dev = jnp.asarray(items)
   batch = min(batch_size, q)
-  fn = _exact_block_fn(k, item_block)
+  fn = _exact_block_fn(k, min(item_batch_size, n))
   all_scores, all_ids = [], []
   for start in range(0, q, batch):
     block = queries[start:start + batch]
     rows = block.shape[0]
     block = np.pad(block, ((0, batch - rows), (0, 0)))
-    scores, ids = fn(jnp.asarray(block), items_dev, n)
+    scores, ids = fn(jnp.asarray(block), items_dev)
     all_scores.append(np.asarray(scores)[:rows])
     all_ids.append(np.asarray(ids)[:rows])
   return np.concatenate(all_scores), np.concatenate(all_ids)
@@ -106,13 +115,19 @@ def exact_topk(queries: np.ndarray, items: np.ndarray, k: int, *, batch_size: in
 
 @dataclasses.dataclass(frozen=True)
 class ScannParams:
-  """Resolved ScaNN configuration; num_leaves == 0 means no partition tree."""
+  """Resolved ScaNN configuration; num_leaves == 0 means no partition tree.
+
+  brute_force: exact float32 scoring of every item (no hashing). exhaustive: the search is
+  exact search by construction (brute force, or every item reaches exact reordering), so its
+  neighbour recall is 1 and says nothing about approximate search.
+  """
   num_neighbors: int
   num_leaves: int
   leaves_to_search: int
   reorder: int
   training_sample_size: int
   brute_force: bool
+  exhaustive: bool = False
 
 
 def scann_params(num_items: int, *, num_neighbors: int, num_leaves: int | None = None,
@@ -121,32 +136,40 @@ def scann_params(num_items: int, *, num_neighbors: int, num_leaves: int | None =
   """Chooses ScaNN parameters from the catalog size N; explicit arguments win.
 
   The rule, with k = min(num_neighbors, N):
-    N < 1,000:            exact float32 scoring inside ScaNN (no tree, no hashing).
-    1,000 <= N < 1M:      no tree; every item is scored with anisotropic hashing (2 dims per
+    N < 10,000 (EXHAUSTIVE_BELOW), or k = N:  exhaustive (exact scoring inside ScaNN when no
+                          tree or reorder is given explicitly).
+    10,000 <= N < 50,000: no tree; every item is scored with anisotropic hashing (AH, 2 dims per
                           block, threshold 0.2), then the best `reorder` are rescored exactly.
-    N >= 1M:              a k-means tree with round(sqrt(N)) leaves, searching 10% of them
-                          (more if needed to expect >= 2 * reorder candidates), then AH and
-                          exact reordering as above.
-    reorder = min(N, max(100, 4 * k)).
+    N >= 50,000:          a k-means tree of round(sqrt(N)) leaves; search the larger of 5% of
+                          the leaves and enough leaves to expect 20 * k candidates; then AH
+                          and exact reordering as above.
+    reorder = max(k, min(max(100, 4 * k), N // 4)): from N = 10,000 up and k < N, the reorder
+    pool is never the whole catalog.
+    training_sample_size = min(N, 100,000) for the k-means tree and the AH codebooks.
   Training is deterministic (k-means++ initialisation, fixed seeds inside ScaNN).
   """
   k = max(1, min(num_neighbors, num_items))
+  small = num_items < EXHAUSTIVE_BELOW
+  brute_force = small and reorder is None and not num_leaves
   if reorder is None:
     reorder = max(_MIN_REORDER, _REORDER_PER_NEIGHBOUR * k)
+    if not small:
+      reorder = min(reorder, num_items // _MAX_REORDER_SHARE)
   reorder = max(k, min(reorder, num_items))
   if num_leaves is None:
     num_leaves = round(math.sqrt(num_items)) if num_items >= _TREE_FROM else 0
   num_leaves = min(num_leaves, num_items)
   if num_leaves and leaves_to_search is None:
-    enough = math.ceil(2 * reorder * num_leaves / num_items)
-    leaves_to_search = max(math.ceil(num_leaves / 10), enough)
+    enough = math.ceil(_CANDIDATES_PER_NEIGHBOUR * k * num_leaves / num_items)
+    leaves_to_search = max(math.ceil(_LEAF_SHARE * num_leaves), enough)
   leaves_to_search = min(leaves_to_search or 0, num_leaves)
   if training_sample_size is None:
-    training_sample_size = min(num_items, 250_000)
+    training_sample_size = _TRAINING_SAMPLE
+  exhaustive = brute_force or (reorder >= num_items and leaves_to_search == num_leaves)
   return ScannParams(
       num_neighbors=k, num_leaves=num_leaves, leaves_to_search=leaves_to_search,
       reorder=reorder, training_sample_size=min(training_sample_size, num_items),
-      brute_force=num_leaves == 0 and num_items < _BRUTE_FORCE_BELOW)
+      brute_force=brute_force, exhaustive=exhaustive)
 
 
 class ScannIndex:

@@ -78,4 +78,9 @@ def format_results(results: dict[str, float], title: str = 'results') -> str:
     width = max(len(k) for k in rest)
     lines += ['-' * (width + 14)]
     lines += [f'{key:<{width}}  {_fmt(rest[key]):>12}' for key in sorted(rest)]
+  exhaustive = sorted(k[:-len('search/exhaustive')] or 'model' for k, v in results.items()
+                      if k.endswith('search/exhaustive') and v == 1)
+  if exhaustive:
+    lines.append(f'note: ScaNN search was exhaustive ({", ".join(exhaustive)}): the catalog is '
+                 'under 10,000 items or K >= N, so ScaNN figures are exact search, not ANN.')
   return '\n'.join(lines)

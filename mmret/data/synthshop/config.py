@@ -4,6 +4,8 @@
 config (configs/pretrain.py places it under `data.synthshop`) can override any of them.
   'tiny'   tests: 200 items, 40 queries, 3 days; generates in well under 3 s.
   'small'  CPU demo: 3000 items, 300 queries, 6 days; a few seconds including PNG writing.
+  'medium' ANN evaluation on CPU: 200k items, 3000 queries, 6 days of 10k pages; minutes on a
+           2-core machine (docs/PERFORMANCE.md).
   'large'  accelerators: 2M items, 20k queries, 7 days; catalog and logs are built in vectorised
            chunks, and interactions are written a day at a time.
 """
@@ -18,21 +20,24 @@ import ml_collections
 from mmret.data.synthshop import text as text_lib
 from mmret.data.synthshop import vocab
 
-SIZES = ('tiny', 'small', 'large')
+SIZES = ('tiny', 'small', 'medium', 'large')
 
 
 def default_config(size: str = 'small') -> ml_collections.ConfigDict:
   """The generator config for one of SIZES; raises ValueError naming an unknown size."""
   if size not in SIZES:
     raise ValueError(f'synthshop size {size!r} is unknown; choose from {SIZES}.')
-  tiny, large = size == 'tiny', size == 'large'
+  tiny, medium, large = size == 'tiny', size == 'medium', size == 'large'
+
+  def pick(t, s, m, l):  # the value for tiny / small / medium / large
+    return t if tiny else (m if medium else (l if large else s))
   c = ml_collections.ConfigDict()
   c.size = size
   c.seed = 0
 
   c.catalog = ml_collections.ConfigDict()
-  c.catalog.num_items = 200 if tiny else (2_000_000 if large else 3000)
-  c.catalog.num_brands = 20 if tiny else (3000 if large else 150)
+  c.catalog.num_items = pick(200, 3000, 200_000, 2_000_000)
+  c.catalog.num_brands = pick(20, 150, 1000, 3000)
   c.catalog.brand_zipf = 1.1          # brand popularity ~ 1 / rank^s
   c.catalog.quality_sigma = 1.4       # log-normal latent quality: a few head items, a long tail
   c.catalog.cold_share = 0.08         # items listed only on the last (evaluation) day
@@ -53,7 +58,7 @@ def default_config(size: str = 'small') -> ml_collections.ConfigDict:
   c.text.description_prob = 0.3       # share of items with a (short) description
 
   c.queries = ml_collections.ConfigDict()
-  c.queries.num_queries = 40 if tiny else (20_000 if large else 300)
+  c.queries.num_queries = pick(40, 300, 3000, 20_000)
   c.queries.zipf = 1.0                # query popularity ~ 1 / rank^s
   # Query types (relative weights): which attributes besides the category a query names.
   # Brand queries ('aurora bags') make the query space large enough for the 'large' size.
@@ -62,8 +67,8 @@ def default_config(size: str = 'small') -> ml_collections.ConfigDict:
       color_material=0.05, audience=0.05, audience_color=0.03, brand=0.05))
 
   c.logs = ml_collections.ConfigDict()
-  c.logs.num_days = 3 if tiny else (7 if large else 6)  # the last day is the evaluation day
-  c.logs.pages_per_day = 80 if tiny else (100_000 if large else 1000)
+  c.logs.num_days = pick(3, 6, 6, 7)  # the last day is the evaluation day
+  c.logs.pages_per_day = pick(80, 1000, 10_000, 100_000)
   c.logs.page_size = 10 if tiny else 20
   c.logs.explore_share = 0.25         # page slots filled by exploration instead of the engine
   c.logs.explore_in_category = 0.8    # exploration draws from the query's category (else any)

@@ -57,5 +57,6 @@ def evaluate(towers: Towers, config: ml_collections.ConfigDict,
   evaluator = engagement.EngagementEvaluator(
       data_lib.labelled_impressions(data.dataset, 'eval'), data.eval_set,
       ks=tuple(config.eval.ks), scann=config.eval.scann,
+      scann_params=config.eval.get('scann_params'),
       relevant_min_grade=config.eval.relevant_min_grade, removals=removals)
   return evaluator.run(towers.queries, towers.items)

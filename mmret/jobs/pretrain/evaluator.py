@@ -48,7 +48,8 @@ def evaluate(towers: Towers, params, config: ml_collections.ConfigDict, eval_set
              ) -> dict[str, float]:
   """Recall@K / relevance@K of the eval queries against the catalog (ScaNN and exact)."""
   evaluator = retrieval.RetrievalEvaluator(eval_set, ks=tuple(config.eval.ks),
-                                           scann=config.eval.scann)
+                                           scann=config.eval.scann,
+                                           scann_params=config.eval.get('scann_params'))
   return evaluator.run(towers.queries(params, eval_set.queries), towers.items(params)).metrics
 
 

@@ -26,6 +26,9 @@ PRINT_KEYS = ('loss/total', 'loss/qic', 'loss/qim', 'loss/mlm_title', 'loss/mpm'
               'train/qic_accuracy')
 
 
+# Baselines search the same catalog: the search's own figures are reported once, for the model.
+_MODEL_ONLY = ('scann_neighbour', 'search/', 'perf/')
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                        ) -> dict[str, float]:
   """Pre-trains on `config.data`, evaluates Recall@K etc., returns the flat results dict."""
@@ -61,14 +64,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if initial is not None:
     base = evaluator.evaluate(towers, initial, config, data.eval_set)
     results.update({f'baseline/pretrained_init/{k}': v for k, v in base.items()
-                    if not k.startswith('scann_neighbour')})
+                    if not k.startswith(_MODEL_ONLY)})
     del initial
   if 'random_init' in config.eval.baselines:
     # The same architecture and init RNG, untrained and without pretrained text weights.
     random_state, _ = runner.create_state(init, tx)
     base = evaluator.evaluate(towers, random_state.params, config, data.eval_set)
     results.update({f'baseline/random_init/{k}': v for k, v in base.items()
-                    if not k.startswith('scann_neighbour')})
+                    if not k.startswith(_MODEL_ONLY)})
     del random_state
   if 'bm25' in config.eval.baselines:
     results.update(evaluator.bm25_baseline(config, data))

@@ -71,6 +71,7 @@ def evaluate(ctx, model: recall_model.RecallModel, state: step.RecallState,
   ks = tuple(config.eval.ks)
   evaluator = retrieval.RetrievalEvaluator(
       ctx.eval_set, ks=ks, scann=config.eval.scann,
+      scann_params=config.eval.get('scann_params'),
       extra_target_sets=groups_lib.group_target_sets(ctx.eval_set.targets, ctx.groups))
   result = evaluator.run(queries, items)
   out = dict(result.metrics)
