@@ -15,6 +15,7 @@ import time
 import ml_collections
 
 from mmret.data import prepare as prepare_lib
+from mmret.jobs import model_dir
 from mmret.jobs.engage import data as data_lib
 from mmret.jobs.engage import evaluator
 from mmret.jobs.engage import objective
@@ -72,4 +73,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                               trained.state.params)
     results = evaluator.evaluate(towers, config, data)
   results['perf/eval_seconds'] = time.perf_counter() - t_eval
+  model_dir.save_from_job(workdir, config, data, trained.state.params, trained.state.constants,
+                          towers.item_vectors[()])
   return runner.epilogue(results, trained)
