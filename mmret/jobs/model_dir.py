@@ -120,8 +120,8 @@ def check(directory: pathlib.Path, extra: Sequence[str] = ()) -> dict[str, Any]:
   if missing:
     raise ConfigError(
         f'{directory} is incomplete: {", ".join(missing)} missing (a run that has not finished, '
-        'or one from before mmret wrote model directories); re-run the job in its workdir '
-        '(it resumes and writes them).')
+        'one from before mmret wrote model directories, or an interrupted export); re-run the '
+        'job in its workdir (it resumes and writes them), or the export.')
   try:
     info = json.loads((directory / 'format.json').read_text())
   except ValueError as e:
