@@ -16,7 +16,7 @@ def test_quickstart_notebook_executes(monkeypatch):
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join(
       [str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])]))
   monkeypatch.delenv('XLA_FLAGS', raising=False)
-  monkeypatch.setenv('MPLBACKEND', 'Agg')
+  monkeypatch.delenv('MPLBACKEND', raising=False)  # the kernel's inline backend draws PNGs
   nb = nbformat.read(ROOT / 'notebooks' / 'quickstart.ipynb', as_version=4)
   client = nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
                                    resources={'metadata': {'path': str(ROOT / 'notebooks')}})
