@@ -1,4 +1,4 @@
-"""Use what you trained (mmret/serve, mmret/jobs/model_dir.py): one tiny stage-1 run and one
+"""Use what you trained (mmret/serve, mmret/train/model_dir.py): one tiny stage-1 run and one
 tiny Que2Engage run, read back from their workdirs, exported, searched, broken on purpose."""
 
 import json
@@ -17,7 +17,7 @@ from mmret.config import ConfigError
 from mmret.config import load_config
 from mmret.data import records
 from mmret.evaluate import retrieval
-from mmret.jobs import model_dir
+from mmret.train import model_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ and load a ScaNN index, search; export a serving directory with a portable query
     serve.export('workdir/pretrain_default', 'serve')        # = python -m mmret.export
     hits = serve.Searcher.load('serve').search(['red floral dress'], k=10)
 
-The floor above the jobs (it reads the model directory they write, mmret/jobs/model_dir.py);
+The floor above the jobs (it reads the model directory they write, mmret/train/model_dir.py);
 the command lines `python -m mmret.export` / `python -m mmret.search` are in cli.py.
 """
 

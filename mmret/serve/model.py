@@ -29,7 +29,7 @@ from mmret.data import pipelines
 from mmret.data import records
 from mmret.data import tfds_builder
 from mmret.evaluate import vectors as vectors_lib
-from mmret.jobs import model_dir
+from mmret.train import model_dir
 from mmret.towers.engage import EngageModel
 from mmret.towers.pretrain import PretrainModel
 

@@ -5,7 +5,7 @@ tower, and the searcher that reads it.
     searcher = Searcher.load('serve/')
     hits = searcher.search(['red floral dress'], k=10)   # [Q] lists of Hit, best first
 
-Layout of OUTDIR: the model directory's files (mmret/jobs/model_dir.py: format.json,
+Layout of OUTDIR: the model directory's files (mmret/train/model_dir.py: format.json,
 config.json, tokenizer/, variables.msgpack, items.jsonl, item_vectors.npy), index/ (ScaNN over
 item_vectors.npy, mmret/serve/index.py) and query_tower.jax + query_tower.json
 (mmret/serve/portable.py).
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mmret.config import ConfigError
-from mmret.jobs import model_dir
+from mmret.train import model_dir
 from mmret.serve import index as index_lib
 from mmret.serve import model as model_lib
 from mmret.serve import portable

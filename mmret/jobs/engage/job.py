@@ -15,12 +15,12 @@ import time
 import ml_collections
 
 from mmret.data import prepare as prepare_lib
-from mmret.jobs import model_dir
 from mmret.jobs.engage import data as data_lib
 from mmret.jobs.engage import evaluator
 from mmret.jobs.engage import objective
 from mmret.towers.engage import EngageModel
 from mmret.train import distributed
+from mmret.train import model_dir
 from mmret.train import runner as runner_lib
 from mmret.train import sharding as sharding_lib
 from mmret.train import state as state_lib

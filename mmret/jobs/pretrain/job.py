@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmret.data import prepare as prepare_lib
-from mmret.jobs import model_dir
 from mmret.jobs.pretrain import data as data_lib
 from mmret.jobs.pretrain import evaluator
 from mmret.jobs.pretrain import model as model_lib
 from mmret.jobs.pretrain import objective
+from mmret.train import model_dir
 from mmret.train import runner as runner_lib
 from mmret.train import state as state_lib
 from mmret.train import step as step_lib
