@@ -65,7 +65,8 @@ class Index:
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # relative_path: the assets file names them relative to the directory, so it can move.
-    self.scann_index._searcher.serialize(str(directory), relative_path=True)  # pylint: disable=protected-access
+    searcher = self.scann_index._searcher  # pylint: disable=protected-access
+    searcher.serialize(str(directory), relative_path=True)
     info = {'params': dataclasses.asdict(self.scann_index.params), 'num_items': self.num_items,
             'dim': int(self.scann_index.items.shape[1]), 'item_ids': self.item_ids}
     workdir_lib.write_text_atomic(directory / INDEX_FILE, json.dumps(info) + '\n')
