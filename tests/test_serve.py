@@ -179,6 +179,11 @@ def test_bad_directories_are_one_line_errors(stage1, served, tmp_path):
     serve.Searcher.load(workdir)
   with pytest.raises(ConfigError, match='no such directory'):
     serve.Model.load(tmp_path / 'nothing')
+  recall = tmp_path / 'recall'
+  recall.mkdir()
+  (recall / 'config.json').write_text(json.dumps({'job': 'recall'}))
+  with pytest.raises(ConfigError, match="a 'recall' model cannot be loaded yet"):
+    serve.Model.load(recall)
   assert model_dir.FORMAT_VERSION == 1
 
 

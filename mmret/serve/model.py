@@ -62,6 +62,21 @@ def build_towers(files: model_dir.ModelFiles) -> Towers:
                     f'supports {", ".join(SUPPORTED_JOBS)}); use its stage-1 workdir instead.')
 
 
+def check_workdir_kind(path: pathlib.Path) -> None:
+  """A workdir without a model directory of its own that never will have one (a recall run, a
+  sweep) is named as such, instead of being reported as incomplete."""
+  stored = path / 'config.json'
+  if not stored.is_file() or (path / 'format.json').exists() or (path / model_dir.MODEL_DIR
+                                                                  ).exists():
+    return
+  config = model_dir.read_config(stored)
+  if config.get('sweep') is not None and config.sweep.get('rows'):
+    raise ConfigError(f'{path} is a sweep; load one of its runs, e.g. {path}/<row>/seed0.')
+  if config.get('job') not in SUPPORTED_JOBS:
+    raise ConfigError(f'{path}: a {config.get("job")!r} model cannot be loaded yet (loading '
+                      f'supports {", ".join(SUPPORTED_JOBS)}); use its stage-1 workdir instead.')
+
+
 def item_row(item: records.Item, index: int, image_size: int, context_names: Sequence[str]
              ) -> dict[str, Any]:
   """One BYOD item -> the fields of a catalog row (tfds_builder's `items` split); an image
@@ -96,6 +111,7 @@ class Model:
   @classmethod
   def load(cls, path: str | pathlib.Path, batch_size: int | None = None) -> 'Model':
     """From a workdir of a finished run, its model/ directory, or an exported directory."""
+    check_workdir_kind(pathlib.Path(path).expanduser())
     return cls(model_dir.load(pathlib.Path(path)), batch_size)
 
   # --- the catalog the job evaluated on -------------------------------------------------------

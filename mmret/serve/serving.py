@@ -33,6 +33,7 @@ def export(workdir: str | pathlib.Path, outdir: str | pathlib.Path, *,
 
   num_neighbors: the K the ScaNN index is tuned for (larger K still works; search widens).
   """
+  model_lib.check_workdir_kind(pathlib.Path(workdir).expanduser())
   files = model_dir.load(pathlib.Path(workdir))
   model = model_lib.Model(files)
   outdir = pathlib.Path(outdir).expanduser()
