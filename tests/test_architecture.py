@@ -99,6 +99,15 @@ def test_lower_floors_never_import_the_jobs(floor):
       assert not {e for e in edges if e.startswith('mmret.jobs')}, module
 
 
+def test_only_the_entry_points_import_serve():
+  # mmret.serve sits between the jobs and the command lines: nothing below it imports it.
+  graph = import_graph()
+  for module, edges in graph.items():
+    if module.startswith('mmret.serve') or module in ('mmret.export', 'mmret.search'):
+      continue
+    assert not {e for e in edges if e.startswith('mmret.serve')}, module
+
+
 def test_jobs_never_import_each_other_or_the_registry():
   from mmret import jobs  # pylint: disable=g-import-not-at-top
   graph = import_graph()

@@ -29,6 +29,7 @@ class Towers:
     self._doc = jax.jit(lambda p, b: model.apply({'params': p, **constants}, b,
                                                  method=EngageModel.encode_document))
     self._item_batches = None
+    self.item_vectors = {}  # remove -> [N, E]: what evaluation searched (the model directory's)
 
   def queries(self, texts: list[str]) -> np.ndarray:
     c = self.config
@@ -47,8 +48,9 @@ class Towers:
     absent = {_PRESENCE[m] for m in remove}
     batches = [{k: (np.zeros_like(v) if k in absent else v) for k, v in b.items()}
                for b in self._item_batches]
-    return vectors.extract(self._doc, self.params, batches, what='items',
-                           total=self.data.num_items)
+    self.item_vectors[tuple(remove)] = vectors.extract(
+        self._doc, self.params, batches, what='items', total=self.data.num_items)
+    return self.item_vectors[tuple(remove)]
 
 
 def evaluate(towers: Towers, config: ml_collections.ConfigDict,

@@ -21,6 +21,7 @@ from mmret.jobs.engage import evaluator
 from mmret.jobs.engage import objective
 from mmret.towers.engage import EngageModel
 from mmret.train import distributed
+from mmret.train import model_dir
 from mmret.train import runner as runner_lib
 from mmret.train import sharding as sharding_lib
 from mmret.train import state as state_lib
@@ -79,4 +80,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                               trained.state.params)
     results = evaluator.evaluate(towers, config, data)
   results['perf/eval_seconds'] = time.perf_counter() - t_eval
+  model_dir.save_from_job(workdir, config, data, trained.state.params, trained.state.constants,
+                          towers.item_vectors[()])
   return runner.epilogue(results, trained)

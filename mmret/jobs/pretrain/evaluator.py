@@ -44,13 +44,15 @@ class Towers:
                            total=self.data.num_items)
 
 
-def evaluate(towers: Towers, params, config: ml_collections.ConfigDict, eval_set
-             ) -> dict[str, float]:
-  """Recall@K / relevance@K of the eval queries against the catalog (ScaNN and exact)."""
+def evaluate(towers: Towers, params, config: ml_collections.ConfigDict, eval_set,
+             item_vectors: np.ndarray | None = None) -> dict[str, float]:
+  """Recall@K / relevance@K of the eval queries against the catalog (ScaNN and exact);
+  item_vectors [N, D]: the catalog's vectors under `params`, when already computed."""
   evaluator = retrieval.RetrievalEvaluator(eval_set, ks=tuple(config.eval.ks),
                                            scann=config.eval.scann,
                                            scann_params=config.eval.get('scann_params'))
-  return evaluator.run(towers.queries(params, eval_set.queries), towers.items(params)).metrics
+  items = towers.items(params) if item_vectors is None else item_vectors
+  return evaluator.run(towers.queries(params, eval_set.queries), items).metrics
 
 
 def bm25_baseline(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData

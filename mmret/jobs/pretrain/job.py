@@ -17,6 +17,7 @@ from mmret.jobs.pretrain import data as data_lib
 from mmret.jobs.pretrain import evaluator
 from mmret.jobs.pretrain import model as model_lib
 from mmret.jobs.pretrain import objective
+from mmret.train import model_dir
 from mmret.train import runner as runner_lib
 from mmret.train import state as state_lib
 from mmret.train import step as step_lib
@@ -60,7 +61,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   towers = evaluator.Towers(model, data, config, trained.state.constants)
   # Every process computes the vectors (cheap next to training); the metrics are identical.
-  results = evaluator.evaluate(towers, trained.state.params, config, data.eval_set)
+  item_vectors = towers.items(trained.state.params)
+  results = evaluator.evaluate(towers, trained.state.params, config, data.eval_set,
+                               item_vectors=item_vectors)
+  model_dir.save_from_job(workdir, config, data, trained.state.params, trained.state.constants,
+                          item_vectors)
   if initial is not None:
     base = evaluator.evaluate(towers, initial, config, data.eval_set)
     results.update({f'baseline/pretrained_init/{k}': v for k, v in base.items()
