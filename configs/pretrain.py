@@ -43,6 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # rows: scales) or 'global_batch' (each process reads the whole global batch and keeps its
   # rows: the batches, and so the run, do not depend on the number of processes).
   c.data.process_sharding = 'per_process'
+  # Judged data (docs/DATA.md): `relevance` grades are numbers >= 0, or labels mapped to numbers
+  # here ('Exact=3,Substitute=2,Complement=1,Irrelevant=0'); a pair graded below `threshold` is
+  # judged irrelevant and never a positive, whatever its clicks.
+  c.data.relevance = ml_collections.ConfigDict({'labels': '', 'threshold': 1.0})
 
   c.model = model_config(variant)
 
