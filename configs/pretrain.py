@@ -61,6 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Subtract log q(item) from QIC logits: in-batch negatives are drawn by clicks, and without the
   # correction the model learns to push popular items down (Yi et al. 2019).
   c.loss.logq_correction = True
+  # Judged-irrelevant items of each row's query added to QIC's in-batch negatives, H per row
+  # (mmret/data/judged.py); only when the train split holds judged-irrelevant pairs. 0 = off.
+  c.loss.judged_negatives = 1
 
   c.train = ml_collections.ConfigDict()
   # The CPU default is sized to finish in about 7 minutes on 2 cores (README) and to beat BM25
@@ -76,6 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adamw'
   c.optim.lr = 1e-3 if tiny else (2e-4 if base else 5e-4)
+  # Peak learning rate of imported weights (model.text_init='minilm'); `lr` then applies to the
+  # freshly initialised heads only. 0 = one learning rate for everything.
+  c.optim.pretrained_lr = 3e-5
   c.optim.final_lr_ratio = 0.1
   c.optim.warmup_steps = 1 if tiny else (1000 if base else 15)
   c.optim.weight_decay = 0.01

@@ -68,8 +68,11 @@ class Runner:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       yield
 
-  def optimizer(self) -> optax.GradientTransformation:
-    return optimizer_lib.make_optimizer(self.config.optim, self.config.train.num_steps)
+  def optimizer(self, pretrained: Sequence[str] = ()) -> optax.GradientTransformation:
+    """config.optim over config.train.num_steps; `pretrained`: the top-level parameter names of
+    imported weights, which get optim.pretrained_lr (mmret/train/optimizer.py)."""
+    return optimizer_lib.make_optimizer(self.config.optim, self.config.train.num_steps,
+                                        pretrained)
 
   def create_state(self, init_variables: Callable[[jax.Array], Any],
                    tx: optax.GradientTransformation, seed: int | None = None

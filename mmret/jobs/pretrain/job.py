@@ -34,7 +34,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   data.require_eval_queries()
   runner = runner_lib.Runner(config, workdir)
   model = model_lib.build_model(config, data)
-  tx = runner.optimizer()
+  tx = runner.optimizer(model_lib.pretrained_keys(config))
   train = data_lib.TrainInput(config, data, runner.mesh)
   init = model_lib.Initialiser(model, train.sample, model_lib.fit_codebook(config, data))
   state, shardings = runner.create_state(init, tx)

@@ -75,6 +75,12 @@ def fit_codebook(config: ml_collections.ConfigDict, data: prepare_lib.PreparedDa
                                   grid=config.model.mpm_grid)
 
 
+def pretrained_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Top-level parameters holding imported weights: the optimizer gives them
+  config.optim.pretrained_lr (the fine-tuning recipe); none with a random init."""
+  return ('encoder',) if config.model.text_init == 'minilm' else ()
+
+
 def init_text_encoder(config: ml_collections.ConfigDict, state: state_lib.TrainState, tx,
                       shardings) -> state_lib.TrainState:
   """Imports the pretrained text encoder into `state` when config.model.text_init asks."""
@@ -91,5 +97,6 @@ def restore(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData,
   overwrites every value, so init is for shapes and shardings only)."""
   runner = runner_lib.Runner(config, directory)
   model = build_model(config, data)
-  state, _ = runner.create_state(Initialiser(model, sample), runner.optimizer())
+  state, _ = runner.create_state(Initialiser(model, sample),
+                                 runner.optimizer(pretrained_keys(config)))
   return model, runner.restore(state, None)
