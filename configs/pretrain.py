@@ -90,6 +90,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8
   c.optim.clip_norm = 1.0
 
+  # Model selection (mmret/train/selection.py): `share` of the training queries (by a fixed
+  # hash, never an eval query) is held out of training; every `every` steps, and at the last,
+  # the model is validated on them by `metric` (an eval key, exact search) and the best step's
+  # parameters are evaluated and saved. 0 = off: the last step is the model.
+  c.select = ml_collections.ConfigDict()
+  c.select.every = 0 if tiny else (1000 if base else 50)
+  c.select.share = 0.1
+  c.select.metric = 'recall@100'
+
   c.eval = ml_collections.ConfigDict()
   c.eval.ks = (10, 50, 100, 1000)
   c.eval.batch_size = 32 if tiny else 256

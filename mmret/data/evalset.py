@@ -14,6 +14,7 @@ in the dataset (when it is above the threshold), 1 in between; so 0/1/2 grades w
 keep their meaning. `gain` keeps the numbers themselves, for nDCG.
 """
 
+from collections.abc import Collection
 import dataclasses
 
 import numpy as np
@@ -164,17 +165,20 @@ def _image_only_relevant(dataset: records.Dataset, query_attrs: list[dict[str, s
   return out
 
 
-def build_eval_set(dataset: records.Dataset) -> EvalSet:
+def build_eval_set(dataset: records.Dataset, *, split: str = 'eval',
+                   queries: Collection[str] | None = None) -> EvalSet:
   """Collects the eval-day targets per query (all users' clicks and purchases, DESIGN.md §5).
 
   An interaction is a target when it is on the eval split and positive
   (records.Interaction.positive: clicked or bought; engaged or unlabelled as fallbacks).
+  split / queries: the same over another split, restricted to these queries (the validation
+  set carved from the training queries, mmret.data.validation).
   """
   index = dataset.item_index()
   found: dict[str, set[int]] = {}
   pages: dict[str, set[tuple]] = {}
-  for x, split, page in zip(dataset.interactions, dataset.splits(), dataset.page_keys()):
-    if split != 'eval':
+  for x, s, page in zip(dataset.interactions, dataset.splits(), dataset.page_keys()):
+    if s != split or (queries is not None and x.query not in queries):
       continue
     pages.setdefault(x.query, set()).add(page)
     if x.positive:

@@ -55,10 +55,14 @@ class ItemSource:
 
 
 class IsPositive(grain.transforms.Filter):
-  """Keeps interactions that are positives (clicked or bought; see records.Interaction)."""
+  """Keeps interactions that are positives (clicked or bought; see records.Interaction), except
+  those of the held-out queries (query_index in `exclude`: the validation split)."""
+
+  def __init__(self, exclude: frozenset[int] = frozenset()):
+    self.exclude = frozenset(int(i) for i in exclude)
 
   def filter(self, element: Row) -> bool:
-    return bool(element['positive'])
+    return bool(element['positive']) and int(element['query_index']) not in self.exclude
 
 
 class JoinItem(grain.transforms.Map):

@@ -12,6 +12,7 @@ neg_title_tokens/neg_title_mask [B*H, Lt], neg_image [B*H, S, S, 3], neg_image_p
 neg_text_present, neg_item_index [B*H] and neg_valid bool [B*H] (False: the query has none).
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -26,22 +27,27 @@ from mmret.train import sharding as sharding_lib
 
 
 def pairs(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData, *,
-          shard_index: int = 0, shard_count: int = 1, batch_size: int | None = None):
-  """The Grain dataset of pair batches of config.data (batch_size: per process)."""
+          shard_index: int = 0, shard_count: int = 1, batch_size: int | None = None,
+          held_out: Sequence[str] = ()):
+  """The Grain dataset of pair batches of config.data (batch_size: per process), without the
+  pairs of the `held_out` queries (the validation split)."""
+  vocabulary = {q: i for i, q in enumerate(pipelines.query_vocabulary(data.builder))}
   return pipelines.pretrain_pairs(
       data.builder, data.tokenizer,
       batch_size=batch_size or config.train.batch_size // shard_count, seed=config.seed,
       query_len=config.data.query_len, title_len=config.data.title_len,
-      shard_index=shard_index, shard_count=shard_count)
+      shard_index=shard_index, shard_count=shard_count,
+      exclude_queries=frozenset(vocabulary[q] for q in held_out))
 
 
 class TrainInput:
   """This process's training batches; `iterator` is what the checkpoint saves."""
 
-  def __init__(self, config: ml_collections.ConfigDict, data: prepare_lib.PreparedData, mesh):
+  def __init__(self, config: ml_collections.ConfigDict, data: prepare_lib.PreparedData, mesh,
+               held_out: Sequence[str] = ()):
     # full_batches: every process reads the whole global batch (sharding_lib.to_device).
     count, index, self.full_batches = distributed.input_shard(config.data.process_sharding)
-    dataset = pairs(config, data, shard_index=index, shard_count=count)
+    dataset = pairs(config, data, shard_index=index, shard_count=count, held_out=held_out)
     self.iterator = iter(dataset)
     self.mesh = mesh
     self.item_log_q = data.item_log_q()  # [N]

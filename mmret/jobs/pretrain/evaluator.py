@@ -51,6 +51,13 @@ def evaluate(towers: Towers, params, config: ml_collections.ConfigDict, eval_set
   return evaluator.run(towers.queries(params, eval_set.queries), towers.items(params)).metrics
 
 
+def validate(towers: Towers, params, config: ml_collections.ConfigDict, val_set
+             ) -> dict[str, float]:
+  """Exact-search Recall@K / nDCG@K of the held-out training queries (model selection)."""
+  evaluator = retrieval.RetrievalEvaluator(val_set, ks=tuple(config.eval.ks), scann=False)
+  return evaluator.run(towers.queries(params, val_set.queries), towers.items(params)).metrics
+
+
 def bm25_baseline(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData
                   ) -> dict[str, float]:
   """BM25 on titles (bm25s): 'baseline/bm25/<metric>'."""

@@ -12,6 +12,7 @@ import jax
 import ml_collections
 
 from mmret.data import prepare as prepare_lib
+from mmret.data import validation
 from mmret.encoders import bert_import
 from mmret.towers import masking
 from mmret.towers.pretrain import PretrainModel
@@ -73,6 +74,19 @@ def fit_codebook(config: ml_collections.ConfigDict, data: prepare_lib.PreparedDa
   return masking.fit_mpm_codebook(data.sample_images(seed=config.seed), config.model.patch_size,
                                   config.model.mpm_classes, seed=config.seed,
                                   grid=config.model.mpm_grid)
+
+
+def validation_split(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData
+                     ) -> list[str]:
+  """The training queries held out for model selection (config.select; [] when it is off or
+  the hash picks none, with one line saying so)."""
+  select = config.get('select')
+  if not select or not select.every:
+    return []
+  held_out = validation.validation_queries(data.dataset, select.share)
+  if not held_out:
+    info(f'model selection off: select.share={select.share} holds out no training query')
+  return held_out
 
 
 def pretrained_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
