@@ -149,3 +149,15 @@ def test_evaluator_reports_ndcg(tmp_path):
   judged = 0 + 1 / math.log2(3) + 2 / 2 + 3 / math.log2(5)
   ideal_judged = 3 + 2 / math.log2(3) + 1 / 2 + 0
   assert result.metrics['ndcg@5/judged'] == pytest.approx(judged / ideal_judged)
+
+
+def test_listed_judged_ndcg_ranks_unlisted_items_last(tmp_path):
+  es = _judged_eval_set(tmp_path)
+  # A searcher listing x4 (gain 1) then x1 (gain 3); x2 (0) and x3 (2) are not listed and
+  # rank last, in item order: x2 then x3.
+  ids = np.array([[3, 0, -1]])
+  scores = np.array([[2.0, 1.0, -np.inf]])
+  out = retrieval.listed_judged_ndcg(ids, scores, es, (4,), prefix='bm25/')
+  dcg = 1 + 3 / math.log2(3) + 0 / 2 + 2 / math.log2(5)
+  idcg = 3 + 2 / math.log2(3) + 1 / 2
+  assert out == {'bm25/ndcg@4/judged': pytest.approx(dcg / idcg)}

@@ -118,6 +118,25 @@ def judged_ndcg(queries: np.ndarray, items: np.ndarray, eval_set: Any, ks: Seque
   return {f'ndcg@{k}/judged': metrics.ndcg_rerank(q, scores, gains, k) for k in ks}
 
 
+def listed_judged_ndcg(ids: np.ndarray, scores: np.ndarray, eval_set: Any, ks: Sequence[int],
+                       prefix: str = '') -> dict[str, float]:
+  """{prefix + 'ndcg@K/judged'} of a searcher that only scores its top list (BM25): ids int
+  [Q, K'] (-1 empty) with their scores [Q, K']; a judged item outside the list ranks last."""
+  q, i, gains = eval_set.judged()
+  ids = np.asarray(ids, np.int64)
+  n = eval_set.num_items
+  listed = ids >= 0
+  keys = (np.arange(ids.shape[0])[:, None] * n + ids)[listed]
+  values = np.asarray(scores, np.float64)[listed]
+  order = np.argsort(keys)
+  keys, values = keys[order], values[order]
+  wanted = q * n + i
+  pos = np.clip(np.searchsorted(keys, wanted), 0, max(keys.size - 1, 0))
+  found = keys[pos] == wanted if keys.size else np.zeros(wanted.shape, bool)
+  pair_scores = np.where(found, values[pos] if keys.size else 0.0, -np.inf)
+  return {f'{prefix}ndcg@{k}/judged': metrics.ndcg_rerank(q, pair_scores, gains, k) for k in ks}
+
+
 @dataclasses.dataclass
 class Retrieval:
   """What RetrievalEvaluator.run returns.
