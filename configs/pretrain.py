@@ -47,6 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # here ('Exact=3,Substitute=2,Complement=1,Irrelevant=0'); a pair graded below `threshold` is
   # judged irrelevant and never a positive, whatever its clicks.
   c.data.relevance = ml_collections.ConfigDict({'labels': '', 'threshold': 1.0})
+  # Stage-1 training pairs (mmret/data/positives.py): 'all' positive pairs, or the source's
+  # 'most_clicked' item per query (DESIGN.md §1). 'all' is the default; a 3-seed comparison of
+  # the two has not been run yet.
+  c.data.positives = 'all'
 
   c.model = model_config(variant)
 

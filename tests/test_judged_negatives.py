@@ -98,3 +98,25 @@ def test_sigmoid_and_am_softmax_with_judged_negatives_by_hand():
                                   negatives_valid=neg_valid)
   # Row 1: positive s(0.8 - m) = 7, in-batch 10 * 0.6 = 6, judged 10 * 0 = 0.
   np.testing.assert_allclose(am[1], -7 + np.log(np.exp(7) + np.exp(6) + 1), rtol=1e-6)
+
+
+def test_most_clicked_positives_one_item_per_query():
+  from mmret.data import features
+  from mmret.data import positives
+  I = records.Interaction
+  d = _dataset([
+      I('q', 'x1', click=True, split='train'), I('q', 'x2', click=True, split='train'),
+      I('q', 'x2', click=True, split='train'), I('q', 'x3', click=True, split='eval'),
+      I('q', 'x3', click=True, split='eval'), I('q', 'x3', click=True, split='eval'),  # eval
+      I('r', 'x4', click=True, split='train'), I('r', 'x0', click=True, split='train'),  # tie
+      I('s', 'x5', click=False, split='train')])                                         # none
+  pairs = positives.most_clicked_pairs(d, ['q', 'r', 's'])
+  assert pairs == {(0, 2), (1, 0)}
+  keep = features.IsPositive(exclude=frozenset({1}), only=pairs)
+  rows = [dict(positive=True, query_index=0, item_index=2), dict(positive=True, query_index=0,
+          item_index=1), dict(positive=True, query_index=1, item_index=0),
+          dict(positive=False, query_index=0, item_index=2)]
+  # Only q's most-clicked pair survives: x1 is not it, r is held out, the last is no positive.
+  assert [keep.filter(r) for r in rows] == [True, False, False, False]
+  with pytest.raises(ValueError, match="data.positives='best': choose from"):
+    positives.check('best')

@@ -4,6 +4,7 @@ import ml_collections
 
 from mmret.config import ConfigError
 from mmret.config import checks as validate_lib
+from mmret.data import positives
 from mmret.encoders import image
 from mmret.encoders import transformer
 from mmret.jobs.pretrain import objective
@@ -27,6 +28,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       'model.remat_policy': transformer.REMAT_POLICIES,
       'model.text_init': model_config.TEXT_INITS,
       'loss.qic': objective.QIC_VARIANTS,
+      'data.positives': positives.CHOICES,
   })
   select = config.get('select')
   if select is not None:

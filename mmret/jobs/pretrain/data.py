@@ -21,6 +21,7 @@ import numpy as np
 from mmret.data import features
 from mmret.data import judged
 from mmret.data import pipelines
+from mmret.data import positives
 from mmret.data import prepare as prepare_lib
 from mmret.train import distributed
 from mmret.train import sharding as sharding_lib
@@ -31,13 +32,17 @@ def pairs(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData, *,
           held_out: Sequence[str] = ()):
   """The Grain dataset of pair batches of config.data (batch_size: per process), without the
   pairs of the `held_out` queries (the validation split)."""
-  vocabulary = {q: i for i, q in enumerate(pipelines.query_vocabulary(data.builder))}
+  queries = pipelines.query_vocabulary(data.builder)
+  vocabulary = {q: i for i, q in enumerate(queries)}
+  only = None
+  if positives.check(config.data.get('positives', 'all')) == 'most_clicked':
+    only = positives.most_clicked_pairs(data.dataset, queries)
   return pipelines.pretrain_pairs(
       data.builder, data.tokenizer,
       batch_size=batch_size or config.train.batch_size // shard_count, seed=config.seed,
       query_len=config.data.query_len, title_len=config.data.title_len,
       shard_index=shard_index, shard_count=shard_count,
-      exclude_queries=frozenset(vocabulary[q] for q in held_out))
+      exclude_queries=frozenset(vocabulary[q] for q in held_out), only_pairs=only)
 
 
 class TrainInput:
