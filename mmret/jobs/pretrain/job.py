@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mmret.config import ConfigError
 from mmret.data import evalset
 from mmret.data import prepare as prepare_lib
 from mmret.jobs.pretrain import data as data_lib
@@ -26,6 +27,22 @@ from mmret.train.progress import info
 
 PRINT_KEYS = ('loss/total', 'loss/qic', 'loss/qim', 'loss/mlm_title', 'loss/mpm',
               'train/qic_accuracy')
+
+
+def _selector(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData,
+              towers: evaluator.Towers, held_out: list[str], params) -> selection.Selector:
+  """Model selection on the held-out training queries, the initialisation already scored."""
+  val_set = evalset.build_eval_set(data.dataset, split='train', queries=set(held_out))
+  selector = selection.Selector(
+      functools.partial(evaluator.validate, towers, config=config, val_set=val_set),
+      metric=config.select.metric, every=config.select.every, num_steps=config.train.num_steps)
+  info(f'validation: {len(val_set.queries)} training queries held out by hash for model '
+       f'selection on {config.select.metric} every {config.select.every} steps')
+  try:
+    selector.start(params)
+  except KeyError as e:
+    raise ConfigError(f'config key select.metric={config.select.metric!r}: {e.args[0]}') from e
+  return selector
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
@@ -46,16 +63,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
        f'mesh {dict(runner.mesh.shape)}')
   # A copy of the constants: training donates the state's buffers.
   towers = evaluator.Towers(model, data, config, jax.tree.map(jnp.copy, state.constants))
-  selector = None
-  if held_out:
-    val_set = evalset.build_eval_set(data.dataset, split='train', queries=set(held_out))
-    selector = selection.Selector(
-        functools.partial(evaluator.validate, towers, config=config, val_set=val_set),
-        metric=config.select.metric, every=config.select.every,
-        num_steps=config.train.num_steps)
-    info(f'validation: {len(val_set.queries)} training queries held out by hash for model '
-         f'selection on {config.select.metric} every {config.select.every} steps')
-    selector.start(state.params)
+  selector = _selector(config, data, towers, held_out, state.params) if held_out else None
   # The baseline that matters for an imported encoder: the same model before any training
   # (with text_init='random' it is the random_init baseline). A copy: training donates the
   # state's buffers.
