@@ -60,6 +60,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.tokenizer = 'train'  # WordPiece trained on the catalog + train queries (small table)
   c.data.vocab_size = 2000 if tiny else 4000
   c.data.process_sharding = 'per_process'
+  # Judged data (docs/DATA.md): `relevance` grades are numbers >= 0, or labels mapped to numbers
+  # here ('Exact=3,Substitute=2,Complement=1,Irrelevant=0'); a pair graded below `threshold` is
+  # judged irrelevant and never a positive, whatever its clicks.
+  c.data.relevance = ml_collections.ConfigDict({'labels': '', 'threshold': 1.0})
   c.data.max_trigrams = 24
   # H: page negatives (impressed, not engaged, same page) per engaged pair.
   c.data.num_negatives = 2 if tiny else 3

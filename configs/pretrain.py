@@ -43,6 +43,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # rows: scales) or 'global_batch' (each process reads the whole global batch and keeps its
   # rows: the batches, and so the run, do not depend on the number of processes).
   c.data.process_sharding = 'per_process'
+  # Judged data (docs/DATA.md): `relevance` grades are numbers >= 0, or labels mapped to numbers
+  # here ('Exact=3,Substitute=2,Complement=1,Irrelevant=0'); a pair graded below `threshold` is
+  # judged irrelevant and never a positive, whatever its clicks.
+  c.data.relevance = ml_collections.ConfigDict({'labels': '', 'threshold': 1.0})
+  # Stage-1 training pairs (mmret/data/positives.py): 'all' positive pairs, or the source's
+  # 'most_clicked' item per query (DESIGN.md §1). 'all' is the default; a 3-seed comparison of
+  # the two has not been run yet.
+  c.data.positives = 'all'
 
   c.model = model_config(variant)
 
@@ -57,6 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Subtract log q(item) from QIC logits: in-batch negatives are drawn by clicks, and without the
   # correction the model learns to push popular items down (Yi et al. 2019).
   c.loss.logq_correction = True
+  # Judged-irrelevant items of each row's query added to QIC's in-batch negatives, H per row
+  # (mmret/data/judged.py); only when the train split holds judged-irrelevant pairs. 0 = off.
+  c.loss.judged_negatives = 1
 
   c.train = ml_collections.ConfigDict()
   # The CPU default is sized to finish in about 7 minutes on 2 cores (README) and to beat BM25
@@ -72,6 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adamw'
   c.optim.lr = 1e-3 if tiny else (2e-4 if base else 5e-4)
+  # Peak learning rate of imported weights (model.text_init='minilm'); `lr` then applies to the
+  # freshly initialised heads only. 0 = one learning rate for everything.
+  c.optim.pretrained_lr = 3e-5
   c.optim.final_lr_ratio = 0.1
   c.optim.warmup_steps = 1 if tiny else (1000 if base else 15)
   c.optim.weight_decay = 0.01
@@ -79,6 +93,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
   c.optim.clip_norm = 1.0
+
+  # Model selection (mmret/train/selection.py): `share` of the training queries (by a fixed
+  # hash, never an eval query) is held out of training; every `every` steps, and at the last,
+  # the model is validated on them by `metric` (an eval key, exact search) and the best step's
+  # parameters are evaluated and saved. 0 = off: the last step is the model.
+  c.select = ml_collections.ConfigDict()
+  c.select.every = 0 if tiny else (1000 if base else 50)
+  c.select.share = 0.1
+  c.select.metric = 'recall@100'
 
   c.eval = ml_collections.ConfigDict()
   c.eval.ks = (10, 50, 100, 1000)

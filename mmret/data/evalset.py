@@ -2,12 +2,19 @@
 
 DESIGN.md §5: the eval data is the day after the training days (records.Dataset.splits). Per
 distinct eval query, every item clicked or purchased that day, by any user on any page, is a
-target. Relevance grades come from attributes where both the query and the item carry them
-(mmret.data.relevance: 2 exact, 1 same category, 0 irrelevant) and otherwise from the graded
-`relevance` labels logged in interactions.jsonl; a pair with neither is -1 (unknown), so metrics
-can leave it out instead of counting it as irrelevant.
+target (a pair judged irrelevant never is: records.Interaction.positive). Relevance grades come
+from attributes where both the query and the item carry them (mmret.data.relevance: 2 exact, 1
+same category, 0 irrelevant) and otherwise from the graded `relevance` labels logged in
+interactions.jsonl; a pair with neither is -1 (unknown), so metrics can leave it out instead of
+counting it as irrelevant.
+
+Logged grades are any numbers >= 0 (records.RelevanceScale). `grade` puts them in the three
+classes the relevance@K metrics read: 0 below the relevant threshold, 2 at the top grade logged
+in the dataset (when it is above the threshold), 1 in between; so 0/1/2 grades with threshold 1
+keep their meaning. `gain` keeps the numbers themselves, for nDCG.
 """
 
+from collections.abc import Collection
 import dataclasses
 
 import numpy as np
@@ -16,6 +23,7 @@ from mmret.data import records
 from mmret.data import relevance
 
 UNKNOWN = -1  # grade of a pair with neither attributes nor a logged relevance label
+_IDEAL_BLOCK = 1 << 22  # (query, item) pairs graded at once by EvalSet.ideal_gains
 
 
 @dataclasses.dataclass
@@ -34,8 +42,10 @@ class EvalSet:
     find by chance (empty for queries without such attributes).
   grader: attribute grades (relevance.AttributeGrader) over (queries, catalog items).
   item_has_attributes: bool [N], the item carries any attribute.
-  label_keys / label_values: int64 [P] sorted (query * N + item) keys and int8 [P] grades of
-    the pairs judged in interactions.jsonl (max over repeated judgements).
+  label_keys / label_values: int64 [P] sorted (query * N + item) keys and float32 [P] grades
+    of the pairs judged in interactions.jsonl (max over repeated judgements).
+  relevant_threshold: a logged grade >= this is relevant (records.RelevanceScale.threshold).
+  top_grade: the highest grade logged anywhere in the dataset (0 when none is).
   """
   queries: list[str]
   query_attributes: list[dict[str, str]]
@@ -47,18 +57,64 @@ class EvalSet:
   item_has_attributes: np.ndarray
   label_keys: np.ndarray
   label_values: np.ndarray
+  relevant_threshold: float = records.DEFAULT_RELEVANT_THRESHOLD
+  top_grade: float = 0.0
 
   @property
   def num_items(self) -> int:
     return int(self.item_has_attributes.shape[0])
 
   def _labels(self, query_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
-    """Logged grades for broadcast index arrays; UNKNOWN where the pair was never judged."""
+    """Logged grades (float32) for broadcast index arrays; UNKNOWN where never judged."""
     keys = query_idx.astype(np.int64) * self.num_items + item_idx.astype(np.int64)
     if not self.label_keys.size:
-      return np.full(keys.shape, UNKNOWN, np.int8)
+      return np.full(keys.shape, UNKNOWN, np.float32)
     pos = np.clip(np.searchsorted(self.label_keys, keys), 0, self.label_keys.size - 1)
-    return np.where(self.label_keys[pos] == keys, self.label_values[pos], UNKNOWN).astype(np.int8)
+    return np.where(self.label_keys[pos] == keys, self.label_values[pos],
+                    UNKNOWN).astype(np.float32)
+
+  def _label_classes(self, grades: np.ndarray) -> np.ndarray:
+    """float logged grades -> int8 classes 2 / 1 / 0 (module docstring), UNKNOWN kept."""
+    top = self.top_grade > self.relevant_threshold
+    classes = np.where(grades >= self.relevant_threshold, 1, 0)
+    classes = np.where(top & (grades >= self.top_grade), 2, classes)
+    return np.where(grades == UNKNOWN, UNKNOWN, classes).astype(np.int8)
+
+  def _usable_attributes(self, q: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    by_attributes = self.grader.grade(q, i)
+    return by_attributes, (by_attributes != relevance.UNGRADED) & self.item_has_attributes[i]
+
+  def gain(self, query_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+    """query_idx int [Q], item_idx int [Q, K] -> float32 [Q, K], the nDCG gain of each pair:
+    the attribute grade, else the logged grade itself, else 0 (unknown counts as no gain)."""
+    q = np.asarray(query_idx)[:, None]
+    i = np.asarray(item_idx)
+    by_attributes, usable = self._usable_attributes(q, i)
+    return np.where(usable, by_attributes, np.maximum(self._labels(q, i), 0)).astype(np.float32)
+
+  def ideal_gains(self, k: int) -> np.ndarray:
+    """float32 [Q, min(k, N)]: each query's k largest gains over the whole catalog, the
+    ranking an nDCG@k over retrieved lists is divided by. Computed in blocks of queries (the
+    gains of all pairs would be Q x N) and cached per k."""
+    cache = self.__dict__.setdefault('_ideal_cache', {})
+    if k not in cache:
+      n = self.num_items
+      k_eff = min(k, n)
+      out = np.zeros((len(self.queries), k_eff), np.float32)
+      rows = max(1, _IDEAL_BLOCK // max(n, 1))
+      for start in range(0, len(self.queries), rows):
+        q = np.arange(start, min(start + rows, len(self.queries)))
+        g = self.gain(q, np.broadcast_to(np.arange(n), (q.size, n)))
+        top = -np.partition(-g, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n else g
+        out[q] = -np.sort(-top, axis=1)
+      cache[k] = out
+    return cache[k]
+
+  def judged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every logged judgement of an eval query: query_idx int64 [P], item_idx int64 [P] and its
+    gain float32 [P] (as `gain`), sorted by query."""
+    q, i = np.divmod(self.label_keys, max(self.num_items, 1))
+    return q, i, self.gain(q, i[:, None])[:, 0] if q.size else np.zeros(0, np.float32)
 
   def grade(self, query_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
     """query_idx int [Q], item_idx int [Q, K] -> int8 [Q, K]: 2 / 1 / 0, or -1 unknown.
@@ -68,9 +124,9 @@ class EvalSet:
     """
     q = np.asarray(query_idx)[:, None]
     i = np.asarray(item_idx)
-    by_attributes = self.grader.grade(q, i)
-    usable = (by_attributes != relevance.UNGRADED) & self.item_has_attributes[i]
-    return np.where(usable, by_attributes, self._labels(q, i)).astype(np.int8)
+    by_attributes, usable = self._usable_attributes(q, i)
+    return np.where(usable, by_attributes,
+                    self._label_classes(self._labels(q, i))).astype(np.int8)
 
   def category_relevant(self, query_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
     """query_idx int [Q], item_idx int [Q, K] -> bool [Q, K]: query category == item's."""
@@ -82,15 +138,15 @@ def _judged_labels(dataset: records.Dataset, query_pos: dict[str, int]
   """Sorted pair keys and max grade of every logged relevance label of an eval query."""
   index = dataset.item_index()
   n = len(dataset.items)
-  best: dict[int, int] = {}
+  best: dict[int, float] = {}
   # Relevance is a property of the pair, not of the day: labels from every split count.
   for x in dataset.interactions:
     if x.relevance is None or x.query not in query_pos:
       continue
     key = query_pos[x.query] * n + index[x.item_id]
-    best[key] = max(best.get(key, 0), x.relevance)
+    best[key] = max(best.get(key, x.relevance), x.relevance)
   keys = np.array(sorted(best), np.int64)
-  values = np.array([best[k] for k in keys.tolist()], np.int8)
+  values = np.array([best[k] for k in keys.tolist()], np.float32)
   return keys, values
 
 
@@ -109,17 +165,20 @@ def _image_only_relevant(dataset: records.Dataset, query_attrs: list[dict[str, s
   return out
 
 
-def build_eval_set(dataset: records.Dataset) -> EvalSet:
+def build_eval_set(dataset: records.Dataset, *, split: str = 'eval',
+                   queries: Collection[str] | None = None) -> EvalSet:
   """Collects the eval-day targets per query (all users' clicks and purchases, DESIGN.md §5).
 
   An interaction is a target when it is on the eval split and positive
   (records.Interaction.positive: clicked or bought; engaged or unlabelled as fallbacks).
+  split / queries: the same over another split, restricted to these queries (the validation
+  set carved from the training queries, mmret.data.validation).
   """
   index = dataset.item_index()
   found: dict[str, set[int]] = {}
   pages: dict[str, set[tuple]] = {}
-  for x, split, page in zip(dataset.interactions, dataset.splits(), dataset.page_keys()):
-    if split != 'eval':
+  for x, s, page in zip(dataset.interactions, dataset.splits(), dataset.page_keys()):
+    if s != split or (queries is not None and x.query not in queries):
       continue
     pages.setdefault(x.query, set()).add(page)
     if x.positive:
@@ -147,4 +206,8 @@ def build_eval_set(dataset: records.Dataset) -> EvalSet:
       grader=grader,
       item_has_attributes=np.array([bool(it.attributes) for it in dataset.items], bool),
       label_keys=label_keys,
-      label_values=label_values)
+      label_values=label_values,
+      relevant_threshold=(dataset.interactions[0].relevant_threshold if dataset.interactions
+                          else records.DEFAULT_RELEVANT_THRESHOLD),
+      top_grade=max((x.relevance for x in dataset.interactions if x.relevance is not None),
+                    default=0.0))

@@ -55,10 +55,20 @@ class ItemSource:
 
 
 class IsPositive(grain.transforms.Filter):
-  """Keeps interactions that are positives (clicked or bought; see records.Interaction)."""
+  """Keeps interactions that are positives (clicked or bought; see records.Interaction), except
+  those of the held-out queries (query_index in `exclude`: the validation split) and, with
+  `only`, those whose (query_index, item_index) is not in it (mmret.data.positives)."""
+
+  def __init__(self, exclude: frozenset[int] = frozenset(),
+               only: frozenset[tuple[int, int]] | None = None):
+    self.exclude = frozenset(int(i) for i in exclude)
+    self.only = only
 
   def filter(self, element: Row) -> bool:
-    return bool(element['positive'])
+    q = int(element['query_index'])
+    if not element['positive'] or q in self.exclude:
+      return False
+    return self.only is None or (q, int(element['item_index'])) in self.only
 
 
 class JoinItem(grain.transforms.Map):

@@ -74,9 +74,12 @@ def _check_training_positives(builder: tfds.core.DatasetBuilder, split: str) -> 
 def pretrain_pairs(builder: tfds.core.DatasetBuilder, tokenizer: tokenizer_lib.Tokenizer, *,
                    batch_size: int, seed: int, query_len: int, title_len: int,
                    shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None,
-                   split: str = 'train', read_options: grain.ReadOptions | None = None
-                   ) -> grain.IterDataset:
-  """Positive (query, item) pairs joined with their items' features.
+                   split: str = 'train', read_options: grain.ReadOptions | None = None,
+                   exclude_queries: frozenset[int] = frozenset(),
+                   only_pairs: frozenset[tuple[int, int]] | None = None) -> grain.IterDataset:
+  """Positive (query, item) pairs joined with their items' features; the pairs of queries with
+  a query_index in exclude_queries (held out for validation) are left out, and with only_pairs
+  every (query_index, item_index) not in it (mmret.data.positives).
 
   Positives are records.Interaction.positive (clicked or bought; with no labels at all, every
   interaction). Batch: query_tokens/query_mask [B, Lq], title_tokens/title_mask [B, Lt],
@@ -89,7 +92,7 @@ def pretrain_pairs(builder: tfds.core.DatasetBuilder, tokenizer: tokenizer_lib.T
                              pad=num_epochs is not None)
   return _pipeline(_source(builder, split), batcher, seed=seed, shard_index=shard_index,
                    shard_count=shard_count, num_epochs=num_epochs,
-                   filter_fn=features.IsPositive(), map_fn=features.JoinItem(builder.data_dir),
+                   filter_fn=features.IsPositive(exclude_queries, only_pairs), map_fn=features.JoinItem(builder.data_dir),
                    read_options=read_options)
 
 

@@ -141,14 +141,51 @@ def tokenizer_corpus(dataset: records.Dataset) -> list[str]:
   return texts + sorted(train)
 
 
+def _parse_labels(labels: Any) -> dict[str, float]:
+  """'Exact=3,Substitute=2' (the command-line form) or a mapping -> {label: grade}."""
+  if isinstance(labels, str):
+    pairs = [p.split('=', 1) for p in labels.split(',') if p.strip()]
+    if any(len(p) != 2 for p in pairs):
+      raise ValueError('write labels as "Label=grade,Label=grade"')
+    labels = {k.strip(): v.strip() for k, v in pairs}
+  out = {}
+  for label, grade in dict(labels).items():
+    value = float(grade)
+    if not np.isfinite(value) or value < 0:
+      raise ValueError(f'the grade of label {label!r} must be a finite number >= 0')
+    out[str(label)] = value
+  return out
+
+
+def relevance_scale(data: ml_collections.ConfigDict) -> records.RelevanceScale:
+  """`data.relevance` (labels, threshold; both optional) -> records.RelevanceScale.
+
+  labels: '' (numeric grades only), 'Exact=3,Substitute=2,Complement=1,Irrelevant=0', or a
+  mapping label -> grade. threshold: the grade from which a judged pair is relevant.
+  """
+  section = data.get('relevance') or {}
+  threshold = section.get('threshold', records.DEFAULT_RELEVANT_THRESHOLD)
+  if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+      or not np.isfinite(threshold):
+    raise ConfigError(f'config key data.relevance.threshold={threshold!r}: must be a finite '
+                      'number (the grade from which a judged pair is relevant).')
+  try:
+    labels = _parse_labels(section.get('labels', ''))
+  except ValueError as e:
+    raise ConfigError(f'config key data.relevance.labels={section.get("labels")!r}: {e} '
+                      '(e.g. "Exact=3,Substitute=2,Complement=1,Irrelevant=0").') from e
+  return records.RelevanceScale(labels=tuple(labels.items()), threshold=float(threshold))
+
+
 def prepare(data: ml_collections.ConfigDict, **builder_kwargs: Any) -> PreparedData:
   """Loads (or generates) the data of `config.data` and builds what a job needs from it."""
   tfds.disable_progress_bar()  # one bar per split and shard drowns the job's own log
+  scale = relevance_scale(data)
   source_dir = source_directory(data)
-  dataset = records.load_dataset(source_dir, check_images=True)
+  dataset = records.load_dataset(source_dir, check_images=True, relevance=scale)
   cache = pathlib.Path(data.cache_dir).expanduser()
   builder = tfds_builder.prepare(source_dir, cache / 'tfds', image_size=data.image_size,
-                                 **builder_kwargs)
+                                 relevance=scale, **builder_kwargs)
   tokenizer = tokenizer_lib.build_tokenizer(data.tokenizer, tokenizer_corpus(dataset),
                                             data.vocab_size, cache)
   return PreparedData(source_dir=source_dir, dataset=dataset, builder=builder,

@@ -25,6 +25,8 @@ ITEMS_FILE = 'items.jsonl'
 INTERACTIONS_FILE = 'interactions.jsonl'
 QUERIES_FILE = 'queries.jsonl'
 SPLITS = ('train', 'eval')
+# A judged pair with a grade below this is irrelevant: never a positive (RelevanceScale).
+DEFAULT_RELEVANT_THRESHOLD = 1.0
 
 
 class DataError(ValueError):
@@ -60,17 +62,27 @@ class Interaction:
   click: bool | None = None
   purchase: bool | None = None
   engaged: bool | None = None
-  relevance: int | None = None        # graded 0/1/2
+  relevance: float | None = None      # judged grade >= 0 (a label already mapped to its number)
   day: int | None = None
   split: str | None = None            # 'train' | 'eval'
+  # The grade from which a judged pair is relevant (RelevanceScale.threshold, set by the loader).
+  relevant_threshold: float = dataclasses.field(default=DEFAULT_RELEVANT_THRESHOLD, repr=False)
+
+  @property
+  def judged_irrelevant(self) -> bool:
+    """A relevance grade was given and it is below the relevant threshold."""
+    return self.relevance is not None and self.relevance < self.relevant_threshold
 
   @property
   def positive(self) -> bool:
-    """Clicked or bought; without those labels, engaged; with no label at all, True.
+    """Never when judged irrelevant; else clicked or bought; without those labels, engaged;
+    with no label but a relevant grade, or with no label at all, True.
 
-    A log of bare (query, item) pairs is a list of positives (e.g. a relevance set), so an
-    interaction carrying no label counts as one.
+    Grades decide first: a click on an item judged irrelevant is noise, not a target. A log of
+    bare (query, item) pairs is a list of positives, so an interaction without labels counts.
     """
+    if self.judged_irrelevant:
+      return False
     if self.click is not None or self.purchase is not None:
       return bool(self.click) or bool(self.purchase)
     if self.engaged is not None:
@@ -155,10 +167,33 @@ def _flag(value, where, field):
   raise DataError(*where, field, f'expected true/false or 0/1, got {json.dumps(value)}')
 
 
-def _relevance(value, where, field):
-  if isinstance(value, bool) or value not in (0, 1, 2):
-    raise DataError(*where, field, f'expected a grade 0, 1 or 2, got {json.dumps(value)}')
-  return value
+@dataclasses.dataclass(frozen=True)
+class RelevanceScale:
+  """How `relevance` values read: numbers as they are, strings through `labels`.
+
+  labels: label -> grade, e.g. {'Exact': 3, 'Substitute': 2, 'Complement': 1, 'Irrelevant': 0}
+    (config data.relevance.labels); empty = only numeric grades are accepted.
+  threshold: a grade >= threshold is relevant; below it the pair is judged irrelevant and is
+    never a positive (config data.relevance.threshold).
+  """
+  labels: tuple[tuple[str, float], ...] = ()
+  threshold: float = DEFAULT_RELEVANT_THRESHOLD
+
+  def grade(self, value, where, field) -> float:
+    """A JSON value -> its grade >= 0, or DataError naming file, line and field."""
+    if isinstance(value, str):
+      labels = dict(self.labels)
+      if value not in labels:
+        known = f'known labels: {", ".join(labels)}' if labels else 'no labels are configured'
+        raise DataError(*where, field, f'unknown relevance label {json.dumps(value)} ({known}; '
+                        'map labels to grades with config key data.relevance.labels)')
+      return labels[value]
+    # bool is an int in Python, and JSON NaN / Infinity parse as floats: none of them is a grade.
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+        or not math.isfinite(value) or value < 0):
+      raise DataError(*where, field, 'expected a finite grade >= 0 or a configured label, got '
+                      f'{json.dumps(value)}')
+    return float(value)
 
 
 def _split(value, where, field):
@@ -207,7 +242,7 @@ _ITEM_FIELDS: dict[str, tuple[bool, Checker]] = {
 _INTERACTION_FIELDS: dict[str, tuple[bool, Checker]] = {
     'query': (True, _nonempty_str), 'item_id': (True, _nonempty_str), 'page_id': (False, _str),
     'position': (False, _nonneg_int), 'click': (False, _flag), 'purchase': (False, _flag),
-    'engaged': (False, _flag), 'relevance': (False, _relevance), 'day': (False, _int),
+    'engaged': (False, _flag), 'relevance': (False, RelevanceScale().grade), 'day': (False, _int),
     'split': (False, _split),
 }
 _QUERY_FIELDS: dict[str, tuple[bool, Checker]] = {
@@ -283,13 +318,16 @@ def _load_items(root: pathlib.Path, check_images: bool) -> list[Item]:
   return items
 
 
-def load_dataset(root: str | pathlib.Path, *, check_images: bool = True) -> Dataset:
+def load_dataset(root: str | pathlib.Path, *, check_images: bool = True,
+                 relevance: RelevanceScale | None = None) -> Dataset:
   """Reads and validates a BYOD directory.
 
   Args:
     root: directory with items.jsonl, interactions.jsonl and optionally queries.jsonl.
     check_images: open every image with pillow `verify()` (slow for huge catalogs; `prepare`
       decodes every image anyway).
+    relevance: how `relevance` grades and labels read, and from which grade a pair is relevant
+      (default: numbers only, threshold DEFAULT_RELEVANT_THRESHOLD).
   Returns:
     The Dataset, items in file order.
   Raises:
@@ -304,12 +342,14 @@ def load_dataset(root: str | pathlib.Path, *, check_images: bool = True) -> Data
   known = {item.item_id for item in items}
 
   path = root / INTERACTIONS_FILE
+  scale = relevance or RelevanceScale()
+  fields = {**_INTERACTION_FIELDS, 'relevance': (False, scale.grade)}
   interactions = []
-  for line_no, rec in _read_jsonl(path, _INTERACTION_FIELDS):
+  for line_no, rec in _read_jsonl(path, fields):
     if rec['item_id'] not in known:
       raise DataError(path, line_no, 'item_id',
                       f"unknown item_id {rec['item_id']!r} (not in {ITEMS_FILE})")
-    interactions.append(Interaction(**rec))
+    interactions.append(Interaction(**rec, relevant_threshold=scale.threshold))
 
   queries: dict[str, QueryInfo] = {}
   path = root / QUERIES_FILE

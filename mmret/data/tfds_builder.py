@@ -12,7 +12,8 @@ Splits (empty ones are not written: TFDS cannot store an empty split):
   train, eval  interactions in file order; query Text, query_index int32 (into `queries`, -1
                for a query unseen in train), item_index int32, page_id Text, page_index int32,
                position int32 (-1 absent), click/purchase/engaged float32 + *_present bool,
-               positive bool (records.Interaction.positive), relevance int32 (-1 absent),
+               positive bool (records.Interaction.positive), relevance float32 (the judged
+               grade, labels mapped by records.RelevanceScale; -1 absent),
                day int32 (-1 absent)
   queries      the query vocabulary: distinct train queries, sorted; query_index, query,
                train_count int32
@@ -25,7 +26,8 @@ large tensors have a variable leading dimension, so an empty image costs no byte
 
 A page is a page_id, or (query, day) for interactions without one. The output lives in
 out_dir/mmret_byod/<fingerprint>/<version>; the fingerprint hashes the input files' sizes and
-mtimes, image_size and the context names, so an unchanged input is never rebuilt.
+mtimes, image_size, the context names and the relevance scale (it decides `positive`), so an
+unchanged input is never rebuilt.
 """
 
 import contextlib
@@ -42,7 +44,7 @@ from PIL import Image
 from mmret.data import records
 
 MAX_PAGE_POSITIVES = 3  # DESIGN.md §2: a training page holds up to 3 clicked items
-_VERSION = '1.0.0'
+_VERSION = '1.1.0'  # 1.1.0: float relevance grades
 LABELS = ('click', 'purchase', 'engaged')
 # The fields each kind of split fills; the others hold empty values.
 FIELDS = {
@@ -120,7 +122,7 @@ class ByodBuilder(tfds.core.GeneratorBasedBuilder):
         'query': tfds.features.Text(), 'query_index': _scalar(np.int32),
         'page_id': tfds.features.Text(), 'page_index': _scalar(np.int32),
         'position': _scalar(np.int32), 'positive': _scalar(np.bool_),
-        'relevance': _scalar(np.int32), 'day': _scalar(np.int32),
+        'relevance': _scalar(np.float32), 'day': _scalar(np.int32),
         'train_count': _scalar(np.int32),
         'positives': tfds.features.Tensor(shape=(None,), dtype=np.int32),
         'positive_mask': tfds.features.Tensor(shape=(None,), dtype=np.bool_),
@@ -220,11 +222,13 @@ class ByodBuilder(tfds.core.GeneratorBasedBuilder):
                    'positive_mask': np.arange(MAX_PAGE_POSITIVES) < len(items)}
 
 
-def fingerprint(data_dir: pathlib.Path, image_size: int, context_names: Sequence[str] | None
-                ) -> str:
+def fingerprint(data_dir: pathlib.Path, image_size: int, context_names: Sequence[str] | None,
+                relevance: records.RelevanceScale | None = None) -> str:
   """Hash of the input files' names, sizes and mtimes plus the conversion settings."""
+  scale = relevance or records.RelevanceScale()
   parts = {'version': _VERSION, 'image_size': image_size,
-           'context_names': None if context_names is None else list(context_names)}
+           'context_names': None if context_names is None else list(context_names),
+           'relevance': [[list(x) for x in scale.labels], scale.threshold]}
   for name in (records.ITEMS_FILE, records.INTERACTIONS_FILE, records.QUERIES_FILE):
     path = data_dir / name
     if path.is_file():
@@ -235,7 +239,8 @@ def fingerprint(data_dir: pathlib.Path, image_size: int, context_names: Sequence
 
 
 def prepare(data_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, image_size: int,
-            context_names: Sequence[str] | None = None) -> tfds.core.DatasetBuilder:
+            context_names: Sequence[str] | None = None,
+            relevance: records.RelevanceScale | None = None) -> tfds.core.DatasetBuilder:
   """Converts a BYOD directory to TFDS array_record splits once; returns a read-only builder.
 
   Args:
@@ -244,15 +249,16 @@ def prepare(data_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, image_
     image_size: S of the stored images [S, S, 3].
     context_names: the context features, in this order (default: the dataset's sorted union);
       a name no item has is stored as missing everywhere.
+    relevance: how relevance grades read and which pairs are relevant (records.load_dataset).
   Returns:
     tfds builder; `builder.as_data_source(split)`, `builder.info.metadata['context_names']`.
   """
   data_dir = pathlib.Path(data_dir).expanduser().resolve()
   out_dir = pathlib.Path(out_dir).expanduser()
-  fp = fingerprint(data_dir, image_size, context_names)
+  fp = fingerprint(data_dir, image_size, context_names, relevance)
   built = out_dir / ByodBuilder.name / fp / _VERSION
   if not (built / 'dataset_info.json').is_file():
-    dataset = records.load_dataset(data_dir, check_images=True)
+    dataset = records.load_dataset(data_dir, check_images=True, relevance=relevance)
     names = dataset.context_names if context_names is None else tuple(context_names)
     with _without_custom_config_warning():
       builder = ByodBuilder(dataset=dataset, image_size=image_size, context_names=names,

@@ -1,4 +1,4 @@
-"""Ranking metrics: Recall@K against target sets, graded Relevance@K, and ROC-AUC.
+"""Ranking metrics: Recall@K against target sets, graded Relevance@K, nDCG@K, and ROC-AUC.
 
 DESIGN.md §5. A ranking is int ids [Q, K], best first, one row per eval query; -1 marks an empty
 slot (a searcher or BM25 found fewer than K items) and counts as nothing retrieved. Rankings
@@ -76,6 +76,69 @@ def relevance_at_k(grades: np.ndarray, k: int) -> dict[str, float]:
     else:
       out[f'{name}@{k}'] = float('nan')
   return out
+
+
+def _discounts(positions: np.ndarray) -> np.ndarray:
+  """0-based rank -> 1 / log2(rank + 2), the DCG discount (Jarvelin & Kekalainen 2002)."""
+  return 1.0 / np.log2(np.asarray(positions, np.float64) + 2.0)
+
+
+def ndcg_at_k(gains: np.ndarray, ideal_gains: np.ndarray, k: int) -> float:
+  """nDCG@k of rankings over their ideal: DCG = sum_{j<k} gain_j / log2(j + 2), linear gains.
+
+  Args:
+    gains: float [Q, K] gain of each ranked item, best first (0 for an empty slot or an
+      unjudged item); k > K uses all K columns.
+    ideal_gains: float [Q, M] the gains the query could have earned (e.g. its best gains over
+      the catalog), in any order; the ideal DCG takes the k largest.
+    k: cut-off.
+
+  Returns:
+    Mean over queries with an ideal DCG > 0 of DCG / ideal DCG; NaN if no query has one.
+  """
+  gains = np.asarray(gains, np.float64)[:, :k]
+  ideal = -np.sort(-np.asarray(ideal_gains, np.float64), axis=1)[:, :k]
+  dcg = gains @ _discounts(np.arange(gains.shape[1])) if gains.size else np.zeros(len(gains))
+  idcg = ideal @ _discounts(np.arange(ideal.shape[1])) if ideal.size else np.zeros(len(ideal))
+  defined = idcg > 0
+  if not defined.any():
+    return float('nan')
+  return float(np.mean(dcg[defined] / idcg[defined]))
+
+
+def ndcg_rerank(query_idx: np.ndarray, scores: np.ndarray, gains: np.ndarray, k: int) -> float:
+  """nDCG@k of re-ranking each query's judged items by score (ties: lower index first).
+
+  Args:
+    query_idx: int [P] the query of each judged pair.
+    scores: float [P] the model's score of the pair (higher = ranked first).
+    gains: float [P] the pair's judged gain.
+    k: cut-off.
+
+  Returns:
+    Mean over queries whose judged gains are not all 0 of DCG@k(by score) / DCG@k(by gain);
+    NaN if there is no such query.
+  """
+  query_idx = np.asarray(query_idx, np.int64)
+  scores, gains = np.asarray(scores, np.float64), np.asarray(gains, np.float64)
+  if not query_idx.size:
+    return float('nan')
+  num_queries = int(query_idx.max()) + 1
+
+  def dcg(order_key: np.ndarray) -> np.ndarray:
+    # Sort by query, then best first; a pair's rank is its offset from its query's first row.
+    order = np.lexsort((-order_key, query_idx))
+    q = query_idx[order]
+    first = np.searchsorted(q, q)  # q is sorted: the row where each query starts
+    rank = np.arange(q.size) - first
+    contrib = np.where(rank < k, gains[order] * _discounts(rank), 0.0)
+    return np.bincount(q, contrib, minlength=num_queries)
+
+  actual, ideal = dcg(scores), dcg(gains)
+  defined = ideal > 0
+  if not defined.any():
+    return float('nan')
+  return float(np.mean(actual[defined] / ideal[defined]))
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None, *,

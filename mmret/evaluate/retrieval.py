@@ -17,6 +17,10 @@ catalog of 300 items reports recall@1000 as its recall@300 and keys stay stable 
   recall@K/exact             the same with exact search
   relevance@K                share of ScaNN top-K items graded >= 1 (exact or same category)
   exact_match@K          share graded 2 (exact match); unknown grades are left out
+  ndcg@K                     nDCG@K of the ScaNN top-K over the catalog's ideal top-K (linear
+                             gains eval_set.gain; unjudged = 0), if the eval set has gains
+  ndcg@K/judged              nDCG@K of re-ranking each query's judged items by the model's
+                             score (eval_set.judged), if the eval set has judgements
   recall@K/image_only        ScaNN recall on image-only targets (queries with >= 1 of them)
   recall@K/image_only_relevant  ScaNN recall of the catalog's exact matches through an attribute
                              only the image shows (eval_set.image_only_relevant, if present)
@@ -76,7 +80,8 @@ def evaluate_ranking(ids: np.ndarray, eval_set: Any, ks: Sequence[int],
     prefix: prepended to every key, e.g. 'bm25/' -> 'bm25/recall@10'.
 
   Returns:
-    {prefix + 'recall@K', 'relevance@K', 'exact_match@K', 'recall@K/image_only'} for K in ks.
+    {prefix + 'recall@K', 'relevance@K', 'exact_match@K', 'recall@K/image_only'} for K in ks,
+    and prefix + 'ndcg@K' when the eval set has gains.
   """
   ids = np.asarray(ids)
   if ids.shape[0] != len(eval_set.queries):
@@ -92,7 +97,51 @@ def evaluate_ranking(ids: np.ndarray, eval_set: Any, ks: Sequence[int],
     if getattr(eval_set, 'image_only_relevant', None) is not None:
       out[f'{prefix}recall@{k}/image_only_relevant'] = metrics.recall_at_k(
           ids, eval_set.image_only_relevant, k)
+  if hasattr(eval_set, 'gain'):
+    out.update(ranking_ndcg(ids, eval_set, ks, prefix))
   return out
+
+
+def ranking_ndcg(ids: np.ndarray, eval_set: Any, ks: Sequence[int], prefix: str = ''
+                 ) -> dict[str, float]:
+  """ids int [Q, K'] (-1 empty) -> {prefix + 'ndcg@K'}: against each query's ideal top-K."""
+  ids = np.asarray(ids)[:, :max(ks)]
+  gains = np.zeros(ids.shape, np.float32)
+  for start in range(0, ids.shape[0], _GRADE_ROWS):
+    block = ids[start:start + _GRADE_ROWS]
+    rows = np.arange(start, start + block.shape[0])
+    g = eval_set.gain(rows, np.where(block >= 0, block, 0))
+    gains[start:start + block.shape[0]] = np.where(block >= 0, g, 0.0)
+  ideal = eval_set.ideal_gains(max(ks))
+  return {f'{prefix}ndcg@{k}': metrics.ndcg_at_k(gains, ideal, k) for k in ks}
+
+
+def judged_ndcg(queries: np.ndarray, items: np.ndarray, eval_set: Any, ks: Sequence[int]
+                ) -> dict[str, float]:
+  """queries float [Q, D], items float [N, D] -> {'ndcg@K/judged'}: each query's judged items
+  re-ranked by the dot product of their vectors (eval_set.judged())."""
+  q, i, gains = eval_set.judged()
+  scores = np.einsum('pd,pd->p', queries[q], items[i]) if q.size else np.zeros(0)
+  return {f'ndcg@{k}/judged': metrics.ndcg_rerank(q, scores, gains, k) for k in ks}
+
+
+def listed_judged_ndcg(ids: np.ndarray, scores: np.ndarray, eval_set: Any, ks: Sequence[int],
+                       prefix: str = '') -> dict[str, float]:
+  """{prefix + 'ndcg@K/judged'} of a searcher that only scores its top list (BM25): ids int
+  [Q, K'] (-1 empty) with their scores [Q, K']; a judged item outside the list ranks last."""
+  q, i, gains = eval_set.judged()
+  ids = np.asarray(ids, np.int64)
+  n = eval_set.num_items
+  listed = ids >= 0
+  keys = (np.arange(ids.shape[0])[:, None] * n + ids)[listed]
+  values = np.asarray(scores, np.float64)[listed]
+  order = np.argsort(keys)
+  keys, values = keys[order], values[order]
+  wanted = q * n + i
+  pos = np.clip(np.searchsorted(keys, wanted), 0, max(keys.size - 1, 0))
+  found = keys[pos] == wanted if keys.size else np.zeros(wanted.shape, bool)
+  pair_scores = np.where(found, values[pos] if keys.size else 0.0, -np.inf)
+  return {f'{prefix}ndcg@{k}/judged': metrics.ndcg_rerank(q, pair_scores, gains, k) for k in ks}
 
 
 @dataclasses.dataclass
@@ -182,6 +231,8 @@ class RetrievalEvaluator:
     tic = time.perf_counter()
     out = evaluate_ranking(ids, self.eval_set, self.ks)
     out.update(search_info)
+    if hasattr(self.eval_set, 'judged'):
+      out.update(judged_ndcg(queries, items, self.eval_set, self.ks))
     for k in self.ks:
       out[f'recall@{k}/exact'] = metrics.recall_at_k(exact_ids, self.eval_set.targets, k)
       for name, target_sets in self.extra_target_sets.items():

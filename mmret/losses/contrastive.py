@@ -50,18 +50,36 @@ def _candidates(valid: jax.Array) -> jax.Array:
   return valid | jnp.eye(valid.shape[0], dtype=bool)
 
 
-def _in_batch_softmax_ce(logits: jax.Array, valid: jax.Array, symmetric: bool) -> jax.Array:
-  """Softmax cross-entropy with the diagonal as label over valid columns (and rows). -> [B]."""
+def _in_batch_softmax_ce(logits: jax.Array, valid: jax.Array, symmetric: bool,
+                         extra: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  """Softmax cross-entropy with the diagonal as label over valid columns (and rows). -> [B].
+
+  extra: optional (logits [B, M], valid [B, M]) of extra negative columns per row (judged
+  negatives), in the query->item direction only.
+  """
   candidates = _candidates(valid)
   labels = jnp.arange(logits.shape[0])
+  forward_logits, forward_where = logits, candidates
+  if extra is not None:
+    forward_logits = jnp.concatenate([logits, extra[0]], axis=1)
+    forward_where = jnp.concatenate([candidates, jnp.asarray(extra[1], bool)], axis=1)
   forward = optax.softmax_cross_entropy_with_integer_labels(
-      logits, labels, axis=1, where=candidates)
+      forward_logits, labels, axis=1, where=forward_where)
   if not symmetric:
     return forward
   # Column i: item i against every in-batch query; label i is the row of its own query.
   backward = optax.softmax_cross_entropy_with_integer_labels(
       logits, labels, axis=0, where=candidates)
   return 0.5 * (forward + backward)
+
+
+def judged_negatives_valid(row_valid: jax.Array) -> jax.Array:
+  """row_valid bool [B, H] (row i's H judged negatives) -> bool [B, B * H]: row i may use only
+  its own judged negatives (columns i*H .. i*H + H - 1); another query's irrelevant item may be
+  relevant to row i."""
+  b, h = row_valid.shape
+  own = jnp.arange(b * h)[None, :] // h == jnp.arange(b)[:, None]
+  return own & jnp.asarray(row_valid, bool).reshape(1, b * h)
 
 
 def _logq_corrected(logits: jax.Array, log_q: jax.Array | None) -> jax.Array:
@@ -79,7 +97,8 @@ def _logq_corrected(logits: jax.Array, log_q: jax.Array | None) -> jax.Array:
 
 def qic_sigmoid(query: jax.Array, item: jax.Array, valid: jax.Array, *, scale: float = 1.0,
                 bias: float = 0.0, symmetric: bool = False,
-                log_q: jax.Array | None = None) -> jax.Array:
+                log_q: jax.Array | None = None, negatives: jax.Array | None = None,
+                negatives_valid: jax.Array | None = None) -> jax.Array:
   """Sigmoid QIC: every (query, item) pair of the batch is an independent binary problem.
 
   Pairwise sigmoid loss as in SigLIP (Zhai et al. 2023, "Sigmoid Loss for Language Image
@@ -99,6 +118,9 @@ def qic_sigmoid(query: jax.Array, item: jax.Array, valid: jax.Array, *, scale: f
     symmetric: also average over each item's column (item->query) and return the mean of both.
     log_q: optional float [B] log sampling probability of each column's item (logQ correction,
       `_logq_corrected`); None = no correction.
+    negatives: optional float [M, D] extra negative items (judged-irrelevant, M = B * H), used
+      in the query->item direction where negatives_valid [B, M] is True
+      (`judged_negatives_valid`); no logQ correction on them.
 
   Returns:
     float [B]: mean over valid columns of `-y log σ(z) - (1 - y) log σ(-z)`.
@@ -108,17 +130,26 @@ def qic_sigmoid(query: jax.Array, item: jax.Array, valid: jax.Array, *, scale: f
   bce = optax.sigmoid_binary_cross_entropy(logits, labels)
   candidates = _candidates(valid)
 
-  def mean_over(axis):
-    total = jnp.sum(bce, axis=axis, where=candidates)
-    return total / jnp.sum(candidates, axis=axis).astype(bce.dtype)  # >= 1: the diagonal
+  def mean_over(axis, values=bce, where=candidates):
+    total = jnp.sum(values, axis=axis, where=where)
+    return total / jnp.sum(where, axis=axis).astype(bce.dtype)  # >= 1: the diagonal
 
+  forward = mean_over(1)
+  if negatives is not None:
+    # Judged negatives: label 0, no logQ (they are the query's own, not click-sampled).
+    extra_logits = scale * (query @ negatives.T) + bias
+    extra = optax.sigmoid_binary_cross_entropy(extra_logits, jnp.zeros_like(extra_logits))
+    forward = mean_over(1, jnp.concatenate([bce, extra], axis=1),
+                        jnp.concatenate([candidates, jnp.asarray(negatives_valid, bool)], 1))
   if not symmetric:
-    return mean_over(1)
-  return 0.5 * (mean_over(1) + mean_over(0))
+    return forward
+  return 0.5 * (forward + mean_over(0))
 
 
 def qic_softmax(query: jax.Array, item: jax.Array, valid: jax.Array, *, temperature: float,
-                symmetric: bool = False, log_q: jax.Array | None = None) -> jax.Array:
+                symmetric: bool = False, log_q: jax.Array | None = None,
+                negatives: jax.Array | None = None,
+                negatives_valid: jax.Array | None = None) -> jax.Array:
   """Softmax QIC: in-batch softmax cross-entropy with temperature τ (InfoNCE).
 
   The in-batch contrastive loss of CPC / CLIP (van den Oord et al. 2018, "Representation
@@ -136,17 +167,22 @@ def qic_softmax(query: jax.Array, item: jax.Array, valid: jax.Array, *, temperat
     symmetric: mean of the query->item (row) and item->query (column) losses.
     log_q: optional float [B] log sampling probability of each column's item (logQ correction,
       `_logq_corrected`); None = no correction.
+    negatives: optional float [M, D] extra negative items (judged-irrelevant, M = B * H), used
+      in the query->item direction where negatives_valid [B, M] is True
+      (`judged_negatives_valid`); no logQ correction on them.
 
   Returns:
     float [B]: `logsumexp_{j valid} (S_ij / τ - log q_j) - (S_ii / τ - log q_i)`.
   """
   logits = _logq_corrected((query @ item.T) / temperature, log_q)
-  return _in_batch_softmax_ce(logits, valid, symmetric)
+  extra = None if negatives is None else ((query @ negatives.T) / temperature, negatives_valid)
+  return _in_batch_softmax_ce(logits, valid, symmetric, extra)
 
 
 def qic_am_softmax(query: jax.Array, item: jax.Array, valid: jax.Array, *, scale: float,
                    margin: float, symmetric: bool = False,
-                   log_q: jax.Array | None = None) -> jax.Array:
+                   log_q: jax.Array | None = None, negatives: jax.Array | None = None,
+                   negatives_valid: jax.Array | None = None) -> jax.Array:
   """Additive-margin softmax QIC on cosine similarities.
 
   AM-Softmax (Wang et al. 2018, "Additive Margin Softmax for Face Verification"): inputs are
@@ -166,13 +202,19 @@ def qic_am_softmax(query: jax.Array, item: jax.Array, valid: jax.Array, *, scale
       on the diagonal in both directions.
     log_q: optional float [B] log sampling probability of each column's item (logQ correction,
       `_logq_corrected`, applied after scaling); None = no correction.
+    negatives: optional float [M, D] extra negative items (judged-irrelevant, M = B * H), used
+      in the query->item direction where negatives_valid [B, M] is True
+      (`judged_negatives_valid`); no logQ correction on them.
 
   Returns:
     float [B]: `-log( e^{s(cos_ii - m)} / (e^{s(cos_ii - m)} + sum_{j != i valid} e^{s cos_ij}) )`.
   """
   cos = l2_normalize(query) @ l2_normalize(item).T  # [B, B]
   cos = cos - margin * jnp.eye(cos.shape[0], dtype=cos.dtype)
-  return _in_batch_softmax_ce(_logq_corrected(scale * cos, log_q), valid, symmetric)
+  extra = None
+  if negatives is not None:
+    extra = (scale * (l2_normalize(query) @ l2_normalize(negatives).T), negatives_valid)
+  return _in_batch_softmax_ce(_logq_corrected(scale * cos, log_q), valid, symmetric, extra)
 
 
 def qim_bce(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:

@@ -233,6 +233,13 @@ class PretrainModel(nn.Module):
     # QIC.
     out['qic_query'] = self.qic(heads.pool(q_h, q_mask, c.pooling))
     out['qic_item'] = self.qic(heads.pool(i_h, i_mask, c.pooling))
+    if 'neg_title_tokens' in batch:
+      # Judged-irrelevant items of each row's query [B * H] (mmret/jobs/pretrain/data.py):
+      # unmasked, through the same item tower, into the QIC space only.
+      neg = {k[len('neg_'):]: v for k, v in batch.items() if k.startswith('neg_')}
+      n_patches, n_valid = self._patches(neg)
+      n_h, n_mask = self._item_tower(neg, neg['title_tokens'], n_patches, n_valid, train)
+      out['qic_negatives'] = self.qic(heads.pool(n_h, n_mask, c.pooling))
 
     # QIM / QIM2 against the hardest in-batch negative under QIC similarity.
     pos_mask = negatives.positive_mask(batch['item_index'], batch.get('query_index'))

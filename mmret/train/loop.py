@@ -31,7 +31,9 @@ def run(state: Any, step_fn: Callable[[Any, Any], tuple[Any, dict]],
         next_batch: Callable[[int], Any], *, first_step: int, num_steps: int, log_every: int,
         checkpointer: checkpoint_lib.Checkpointer, data_iterator: Any,
         logger: metrics_log.MetricsLogger, workdir: str | pathlib.Path,
-        print_keys: Sequence[str] = ()) -> tuple[Any, dict[str, float], float]:
+        print_keys: Sequence[str] = (),
+        after_step: Callable[[int, Any], Any] | None = None
+        ) -> tuple[Any, dict[str, float], float]:
   """Runs steps first_step..num_steps (1-based, inclusive).
 
   Args:
@@ -40,6 +42,8 @@ def run(state: Any, step_fn: Callable[[Any, Any], tuple[Any, dict]],
     next_batch: step -> the device batch of that step.
     checkpointer / data_iterator: what is saved; the iterator's position travels with the state.
     logger: prints `print_keys` and writes TensorBoard scalars at log steps.
+    after_step: optional (step, state) -> state, called after each step and before its
+      checkpoint (e.g. validation-based model selection, mmret/train/selection.py).
   Returns:
     (final state, the last logged metrics as floats ({} if nothing ran), seconds spent).
   """
@@ -51,6 +55,8 @@ def run(state: Any, step_fn: Callable[[Any, Any], tuple[Any, dict]],
         state, metrics = _first_step(step_fn, state, next_batch(step), step, logger)
       else:
         state, metrics = step_fn(state, next_batch(step))
+      if after_step is not None:
+        state = after_step(step, state)
       save = checkpointer.should_save(step) or step == num_steps
       stop = guard.should_stop(step)
       if step % log_every == 0 or save or stop:

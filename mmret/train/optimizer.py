@@ -1,8 +1,19 @@
-"""Optimizer from config: AdamW (or Adam/SGD) with linear warm-up + cosine decay and clipping."""
+"""Optimizer from config: AdamW (or Adam/SGD) with linear warm-up + cosine decay and clipping.
+
+Fine-tuning an imported encoder: its parameters (the top-level subtrees named in `pretrained`)
+get their own, small peak learning rate `optim.pretrained_lr` (BERT fine-tuning uses 1e-5..5e-5;
+the 5e-4 fresh heads need would wash the pretrained weights out), while freshly initialised
+heads keep `optim.lr`. Both share the warm-up and the cosine shape; the gradient is clipped
+once, over all parameters.
+"""
+
+from collections.abc import Sequence
 
 import jax
 import ml_collections
 import optax
+
+PRETRAINED, NEW = 'pretrained', 'new'  # parameter-group labels
 
 NAMES = ('adamw', 'adam', 'sgd')  # config.optim.name
 
@@ -21,17 +32,37 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-  schedule = learning_rate_schedule(optim, num_steps)
+def _core(optim: ml_collections.ConfigDict, schedule: optax.Schedule
+          ) -> optax.GradientTransformation:
   if optim.name == 'adamw':
-    core = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+    return optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
                        weight_decay=optim.weight_decay, mask=_decay_mask)
-  elif optim.name == 'adam':
-    core = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
-  elif optim.name == 'sgd':
-    core = optax.sgd(schedule, momentum=optim.b1)
-  else:
-    raise ValueError(f"config.optim.name={optim.name!r}: expected 'adamw', 'adam' or 'sgd'.")
+  if optim.name == 'adam':
+    return optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  if optim.name == 'sgd':
+    return optax.sgd(schedule, momentum=optim.b1)
+  raise ValueError(f"config.optim.name={optim.name!r}: expected 'adamw', 'adam' or 'sgd'.")
+
+
+def param_groups(params, pretrained: Sequence[str]):
+  """The same tree as `params` with PRETRAINED on leaves under a top-level key in `pretrained`
+  and NEW elsewhere."""
+  return {key: jax.tree.map(lambda _, k=key: PRETRAINED if k in pretrained else NEW, sub)
+          for key, sub in params.items()}
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int,
+                   pretrained: Sequence[str] = ()) -> optax.GradientTransformation:
+  """The configured optimizer; with `pretrained` (top-level parameter names of imported
+  weights) and optim.pretrained_lr set, two parameter groups (module docstring)."""
+  core = _core(optim, learning_rate_schedule(optim, num_steps))
+  pretrained_lr = optim.get('pretrained_lr', 0.0)
+  if pretrained and pretrained_lr:
+    fine = ml_collections.ConfigDict(optim.to_dict())
+    fine.lr = pretrained_lr
+    core = optax.multi_transform(
+        {PRETRAINED: _core(fine, learning_rate_schedule(fine, num_steps)), NEW: core},
+        lambda params: param_groups(params, tuple(pretrained)))
   parts = []
   if optim.clip_norm:
     parts.append(optax.clip_by_global_norm(optim.clip_norm))

@@ -68,8 +68,11 @@ class Runner:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       yield
 
-  def optimizer(self) -> optax.GradientTransformation:
-    return optimizer_lib.make_optimizer(self.config.optim, self.config.train.num_steps)
+  def optimizer(self, pretrained: Sequence[str] = ()) -> optax.GradientTransformation:
+    """config.optim over config.train.num_steps; `pretrained`: the top-level parameter names of
+    imported weights, which get optim.pretrained_lr (mmret/train/optimizer.py)."""
+    return optimizer_lib.make_optimizer(self.config.optim, self.config.train.num_steps,
+                                        pretrained)
 
   def create_state(self, init_variables: Callable[[jax.Array], Any],
                    tx: optax.GradientTransformation, seed: int | None = None
@@ -98,13 +101,15 @@ class Runner:
   def train(self, state: Any, step_fn: Callable[[Any, Any], tuple[Any, dict]],
             train_iter: Iterator, next_batch: Callable[[int], Any], *,
             print_keys: Sequence[str] = (), workdir: pathlib.Path | None = None,
-            log_prefix: str = '') -> Trained:
+            log_prefix: str = '', after_step: Callable[[int, Any], Any] | None = None
+            ) -> Trained:
     """Restores, then runs steps int(state.step) + 1 .. config.train.num_steps.
 
     step_fn: (state, device batch) -> (state, metrics); jitted by the job.
     train_iter: the Grain iterator whose position is checkpointed with the state.
     next_batch: step -> the device batch of that step (reads train_iter).
     workdir: where checkpoints and TensorBoard files go (default: the runner's workdir).
+    after_step: optional (step, state) -> state hook of the loop (mmret/train/loop.py).
     """
     c = self.config.train
     workdir = pathlib.Path(workdir or self.workdir)
@@ -118,7 +123,7 @@ class Runner:
       state, last, seconds = loop.run(
           state, step_fn, next_batch, first_step=first_step, num_steps=c.num_steps,
           log_every=c.log_every, checkpointer=checkpointer, data_iterator=train_iter,
-          logger=logger, workdir=workdir, print_keys=print_keys)
+          logger=logger, workdir=workdir, print_keys=print_keys, after_step=after_step)
     checkpointer.close()
     return Trained(state=state, last=last, seconds=seconds, first_step=first_step,
                    num_steps=c.num_steps, batch_size=c.batch_size, logger=logger)

@@ -83,6 +83,16 @@ def default_config(size: str = 'small') -> ml_collections.ConfigDict:
   c.clicks.quality_weight = 0.9       # latent quality (log)
   c.clicks.buy_bias = -3.0            # purchase logit intercept, given a click
   c.clicks.buy_exact_weight = 1.0     # exact matches convert better
+
+  # The small-label regime (issue 14): with num_queries > 0, interactions.jsonl holds no clicks
+  # at all, only graded judgements (query, item, relevance 0/1/2, split) of the first
+  # `per_query` distinct items shown for each of the `num_queries` most-shown queries, a
+  # judged product-search set in miniature. A query is eval when a fixed hash of it is below
+  # eval_share (queries, not pairs, are split). 0 = the click log.
+  c.judged = ml_collections.ConfigDict()
+  c.judged.num_queries = 0
+  c.judged.per_query = 20
+  c.judged.eval_share = 0.3
   return c
 
 
@@ -147,6 +157,13 @@ def validate_config(config: Mapping[str, Any]) -> None:
   for key in ('clicks.bias', 'clicks.attract_weight', 'clicks.quality_weight',
               'clicks.buy_bias', 'clicks.buy_exact_weight'):
     _get(config, key)
+  for key in ('judged.num_queries', 'judged.per_query'):
+    value = _get(config, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ValueError(f'synthshop config key {key}={value!r}: must be an int >= 0.')
+  share = _get(config, 'judged.eval_share')
+  if not 0.0 < share < 1.0:
+    raise ValueError(f'synthshop config key judged.eval_share={share}: must be in (0, 1).')
 
 
 def to_dict(config: Mapping[str, Any]) -> dict[str, Any]:

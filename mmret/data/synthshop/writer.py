@@ -5,7 +5,9 @@
   <out_dir>/images/<id>.png     RGB pictures, relative paths in items.jsonl
   <out_dir>/queries.jsonl       query, attributes
   <out_dir>/interactions.jsonl  one line per impression: query, item_id, page_id, position
-                                (0 = top), click, purchase, engaged, relevance, day
+                                (0 = top), click, purchase, engaged, relevance, day; in the
+                                small-label regime (config judged.num_queries > 0) only
+                                query, item_id, relevance, split (judged_pairs)
   <out_dir>/synthshop.json      the config used; written last, so it marks a complete dataset
 
 Output is byte-identical for the same config: JSON with sorted keys, ensure_ascii=False and
@@ -13,6 +15,7 @@ rounded floats; PNGs from pillow, which stores no timestamp.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -147,6 +150,42 @@ def _write_interactions(world: World, path: pathlib.Path) -> None:
       f.writelines(lines)
 
 
+def judged_pairs(world: World) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The small-label regime (config judged.*): query int [P], item int [P], grade int8 [P].
+
+  The judged.num_queries queries with the most impressions (ties: lower index), each with the
+  first judged.per_query distinct items in impression order (day, page, position): what a
+  judge would be shown.
+  """
+  jc = world.config.judged
+  imp = world.simulator.all_days()
+  shown = np.bincount(imp.query, minlength=len(world.queries.texts))
+  chosen = np.argsort(-shown, kind='stable')[:jc.num_queries]
+  chosen = chosen[shown[chosen] > 0]
+  out_q, out_i, out_g = [], [], []
+  for q in sorted(chosen.tolist()):
+    rows = np.flatnonzero(imp.query == q)
+    _, first = np.unique(imp.item[rows], return_index=True)
+    keep = rows[np.sort(first)[:jc.per_query]]
+    out_q.append(np.full(keep.size, q, np.int32))
+    out_i.append(imp.item[keep])
+    out_g.append(imp.relevance[keep])
+  return np.concatenate(out_q), np.concatenate(out_i), np.concatenate(out_g)
+
+
+def _write_judgements(world: World, path: pathlib.Path) -> None:
+  """interactions.jsonl of the small-label regime: graded judgements only, split by query."""
+  share = world.config.judged.eval_share
+  queries, items, grades = judged_pairs(world)
+  with open(path, 'w', encoding='utf-8') as f:
+    for q, i, g in zip(queries.tolist(), items.tolist(), grades.tolist()):
+      text = world.queries.texts[q]
+      digest = hashlib.sha256(('synthshop/judged/' + text).encode('utf-8')).digest()
+      split = 'eval' if int.from_bytes(digest[:8], 'big') / 2.0**64 < share else 'train'
+      f.write(_dumps({'item_id': world.catalog.item_ids[i], 'query': text, 'relevance': g,
+                      'split': split}) + '\n')
+
+
 def generate(config, out_dir) -> pathlib.Path:
   """Generates the dataset of `config` into out_dir (skipped if already complete); returns it."""
   config_lib.validate_config(config)
@@ -158,7 +197,10 @@ def generate(config, out_dir) -> pathlib.Path:
   _write_images(world, out)
   _write_items(world, out / 'items.jsonl')
   _write_queries(world, out / 'queries.jsonl')
-  _write_interactions(world, out / 'interactions.jsonl')
+  if config['judged']['num_queries']:
+    _write_judgements(world, out / 'interactions.jsonl')
+  else:
+    _write_interactions(world, out / 'interactions.jsonl')
   tmp = out / (CONFIG_FILE + '.tmp')
   tmp.write_text(config_lib.config_json(config), encoding='utf-8')
   os.replace(tmp, out / CONFIG_FILE)

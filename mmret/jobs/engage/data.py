@@ -199,7 +199,7 @@ def engage_pages(examples: PageExamples, builder: tfds.core.DatasetBuilder,
 @dataclasses.dataclass
 class LabelledImpressions:
   """A split's labelled impressions (the AUC eval data). query: [I] strings; item int32 [I];
-  engaged bool [I]; relevance int8 [I] (logged grade 0/1/2, -1 absent)."""
+  engaged bool [I]; relevance float32 [I] (logged grade >= 0, -1 absent)."""
   query: list[str]
   item: np.ndarray
   engaged: np.ndarray
@@ -219,4 +219,4 @@ def labelled_impressions(dataset: records.Dataset, split: str = 'eval') -> Label
     engaged.append(label > 0)
     rel.append(-1 if x.relevance is None else x.relevance)
   return LabelledImpressions(query=query, item=np.array(item, np.int32),
-                             engaged=np.array(engaged, bool), relevance=np.array(rel, np.int8))
+                             engaged=np.array(engaged, bool), relevance=np.array(rel, np.float32))

@@ -4,6 +4,7 @@ import ml_collections
 
 from mmret.config import ConfigError
 from mmret.config import checks as validate_lib
+from mmret.data import positives
 from mmret.encoders import image
 from mmret.encoders import transformer
 from mmret.jobs.pretrain import objective
@@ -27,7 +28,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       'model.remat_policy': transformer.REMAT_POLICIES,
       'model.text_init': model_config.TEXT_INITS,
       'loss.qic': objective.QIC_VARIANTS,
+      'data.positives': positives.CHOICES,
   })
+  select = config.get('select')
+  if select is not None:
+    every = select.every
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+      raise ConfigError(f'config key select.every={every!r}: must be an integer >= 0 (0 = no '
+                        'model selection).')
+    if not 0.0 <= select.share < 1.0:
+      raise ConfigError(f'config key select.share={select.share!r}: the share of training '
+                        'queries held out for validation must be in [0, 1).')
   for name in config.eval.get('baselines', ()):
     if name not in BASELINES:
       raise ConfigError(f'config key eval.baselines: unknown baseline {name!r}; choose from '

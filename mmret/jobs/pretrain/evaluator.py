@@ -20,6 +20,8 @@ from mmret.evaluate import retrieval
 from mmret.evaluate import vectors
 from mmret.towers.pretrain import PretrainModel
 
+_BM25_JUDGED_DEPTH = 10_000  # BM25 scores this many items per query for judged re-ranking
+
 
 class Towers:
   """The query and item towers of a stage-1 model, jitted once, over text and the catalog."""
@@ -55,11 +57,22 @@ def evaluate(towers: Towers, params, config: ml_collections.ConfigDict, eval_set
   return evaluator.run(towers.queries(params, eval_set.queries), items).metrics
 
 
+def validate(towers: Towers, params, config: ml_collections.ConfigDict, val_set
+             ) -> dict[str, float]:
+  """Exact-search Recall@K / nDCG@K of the held-out training queries (model selection)."""
+  evaluator = retrieval.RetrievalEvaluator(val_set, ks=tuple(config.eval.ks), scann=False)
+  return evaluator.run(towers.queries(params, val_set.queries), towers.items(params)).metrics
+
+
 def bm25_baseline(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData
                   ) -> dict[str, float]:
-  """BM25 on titles (bm25s): 'baseline/bm25/<metric>'."""
+  """BM25 on titles (bm25s): 'baseline/bm25/<metric>'; its ndcg@K/judged re-ranks the judged
+  items by their BM25 scores among the top _BM25_JUDGED_DEPTH (the rest rank last)."""
   eval_set = data.eval_set
-  ids = bm25.bm25_topk(eval_set.queries, [it.title for it in data.dataset.items],
-                       max(config.eval.ks))
-  base = retrieval.evaluate_ranking(ids, eval_set, tuple(config.eval.ks))
+  index = bm25.BM25Index([it.title for it in data.dataset.items])
+  ks = tuple(config.eval.ks)
+  _, ids = index.search(eval_set.queries, max(ks))
+  base = retrieval.evaluate_ranking(ids, eval_set, ks)
+  scores, ids = index.search(eval_set.queries, min(_BM25_JUDGED_DEPTH, index.num_items))
+  base.update(retrieval.listed_judged_ndcg(ids, scores, eval_set, ks))
   return {f'baseline/bm25/{k}': v for k, v in base.items()}

@@ -12,6 +12,7 @@ import jax
 import ml_collections
 
 from mmret.data import prepare as prepare_lib
+from mmret.data import validation
 from mmret.encoders import bert_import
 from mmret.towers import masking
 from mmret.towers.pretrain import PretrainModel
@@ -75,6 +76,25 @@ def fit_codebook(config: ml_collections.ConfigDict, data: prepare_lib.PreparedDa
                                   grid=config.model.mpm_grid)
 
 
+def validation_split(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData
+                     ) -> list[str]:
+  """The training queries held out for model selection (config.select; [] when it is off or
+  the hash picks none, with one line saying so)."""
+  select = config.get('select')
+  if not select or not select.every:
+    return []
+  held_out = validation.validation_queries(data.dataset, select.share)
+  if not held_out:
+    info(f'model selection off: select.share={select.share} holds out no training query')
+  return held_out
+
+
+def pretrained_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Top-level parameters holding imported weights: the optimizer gives them
+  config.optim.pretrained_lr (the fine-tuning recipe); none with a random init."""
+  return ('encoder',) if config.model.text_init == 'minilm' else ()
+
+
 def init_text_encoder(config: ml_collections.ConfigDict, state: state_lib.TrainState, tx,
                       shardings) -> state_lib.TrainState:
   """Imports the pretrained text encoder into `state` when config.model.text_init asks."""
@@ -91,5 +111,6 @@ def restore(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData,
   overwrites every value, so init is for shapes and shardings only)."""
   runner = runner_lib.Runner(config, directory)
   model = build_model(config, data)
-  state, _ = runner.create_state(Initialiser(model, sample), runner.optimizer())
+  state, _ = runner.create_state(Initialiser(model, sample),
+                                 runner.optimizer(pretrained_keys(config)))
   return model, runner.restore(state, None)

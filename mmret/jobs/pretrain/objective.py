@@ -6,6 +6,8 @@ the batch, and returns `(scalar_loss, metrics)` with namespaced metric keys (`lo
 `loss/mlm_query`, ...).
 """
 
+import functools
+
 import jax.numpy as jnp
 import ml_collections
 
@@ -17,25 +19,36 @@ from mmret.ops import masked_average
 QIC_VARIANTS = ('sigmoid', 'softmax', 'am_softmax')  # config.loss.qic
 
 
-def qic_per_example(query, item, valid, loss: ml_collections.ConfigDict, log_q=None):
+def qic_per_example(query, item, valid, loss: ml_collections.ConfigDict, log_q=None,
+                    negatives=None, negatives_valid=None):
   """QIC loss [B] for the configured variant (sigmoid < softmax < AM-Softmax in the source).
 
   log_q: optional [B] log click probability of each row's item, the logQ correction of the
   query->item direction (the item->query direction samples queries, not items: no correction).
+  negatives [M, D] / negatives_valid [B, M]: optional judged negatives of each row's query,
+  extra columns of the query->item direction (contrastive.judged_negatives_valid).
   """
   if loss.qic == 'sigmoid':
-    fn = lambda q, d, v, lq: contrastive.qic_sigmoid(q, d, v, scale=loss.scale, log_q=lq)
+    fn = functools.partial(contrastive.qic_sigmoid, scale=loss.scale)
   elif loss.qic == 'softmax':
-    fn = lambda q, d, v, lq: contrastive.qic_softmax(q, d, v, temperature=loss.temperature,
-                                                     log_q=lq)
+    fn = functools.partial(contrastive.qic_softmax, temperature=loss.temperature)
   else:
-    fn = lambda q, d, v, lq: contrastive.qic_am_softmax(q, d, v, scale=loss.scale,
-                                                        margin=loss.margin, log_q=lq)
-  forward = fn(query, item, valid, log_q)
+    fn = functools.partial(contrastive.qic_am_softmax, scale=loss.scale, margin=loss.margin)
+  forward = fn(query, item, valid, log_q=log_q, negatives=negatives,
+               negatives_valid=negatives_valid)
   if not loss.symmetric:
     return forward
   # item->query direction: the validity mask is symmetric (same item or same query).
-  return 0.5 * (forward + fn(item, query, valid.T, None))
+  return 0.5 * (forward + fn(item, query, valid.T))
+
+
+def _judged(out, batch, rows):
+  """(negatives [B*H, D], valid [B, B*H]) of the rows' judged negatives, or (None, None)."""
+  if 'qic_negatives' not in out:
+    return None, None
+  b = rows.shape[0]
+  row_valid = batch['neg_valid'].reshape(b, -1) & rows[:, None]  # [B, H]
+  return out['qic_negatives'], contrastive.judged_negatives_valid(row_valid)
 
 
 def pretrain_objective(out, batch, loss: ml_collections.ConfigDict):
@@ -63,7 +76,8 @@ def pretrain_objective(out, batch, loss: ml_collections.ConfigDict):
       'mpm': (token.masked_patch_kl(out['mpm_log_probs'], out['mpm_targets'], out['mpm_weights']),
               rows & (out['mpm_weights'].sum(-1) > 0)),
       'qic': (qic_per_example(out['qic_query'], out['qic_item'], valid, loss,
-                             batch.get('item_log_q') if loss.logq_correction else None), rows),
+                             batch.get('item_log_q') if loss.logq_correction else None,
+                             *_judged(out, batch, rows)), rows),
       # Rows whose batch holds no other item have no hard negative (qim_weights = 0).
       'qim': (contrastive.qim_bce(out['qim_logits'], out['qim_labels']), qim_rows),
       'qim2': (contrastive.qim_bce(out['qim2_logits'], out['qim2_labels']), qim_rows),

@@ -1,0 +1,38 @@
+"""The validation split: training queries held out by a fixed hash, for model selection.
+
+Fine-tuning a pretrained encoder on little labelled data can make it worse (issue 14), so a run
+evaluates on held-out *training* queries every few steps and keeps the best parameters. The eval
+queries are never among them: selecting on the eval set would report a tuned, not a measured,
+score. A query is held out when the first 8 bytes of sha256(salt + query), read as a fraction of
+2^64, fall below `share`: the same queries for every seed, run and machine, and a query's
+membership does not depend on which other queries the log holds.
+
+    held_out = validation_queries(dataset, share=0.1)    # sorted query strings
+    val_set = evalset.build_eval_set(dataset, split='train', queries=held_out)
+"""
+
+import hashlib
+
+from mmret.data import records
+
+SALT = 'mmret/validation/v1'
+
+
+def query_fraction(query: str, salt: str = SALT) -> float:
+  """The query's fixed position in [0, 1): sha256(salt + query), first 8 bytes / 2^64."""
+  digest = hashlib.sha256((salt + query).encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'big') / 2.0**64
+
+
+def validation_queries(dataset: records.Dataset, share: float, salt: str = SALT) -> list[str]:
+  """Sorted train queries with a positive on the train split, never seen on the eval split,
+  whose query_fraction is below `share`."""
+  if not 0.0 <= share < 1.0:
+    raise ValueError(f'validation share {share} must be in [0, 1).')
+  train, evaluated = set(), set()
+  for x, split in zip(dataset.interactions, dataset.splits()):
+    if split == 'eval':
+      evaluated.add(x.query)
+    elif x.positive:
+      train.add(x.query)
+  return sorted(q for q in train - evaluated if query_fraction(q, salt) < share)
