@@ -91,7 +91,7 @@ def test_import_graph_has_no_cycle():
 
 @pytest.mark.parametrize('floor', ['mmret.train', 'mmret.evaluate', 'mmret.losses',
                                    'mmret.embeddings', 'mmret.encoders', 'mmret.towers',
-                                   'mmret.data', 'mmret.ops'])
+                                   'mmret.data', 'mmret.ops', 'mmret.files'])
 def test_lower_floors_never_import_the_jobs(floor):
   graph = import_graph()
   for module, edges in graph.items():

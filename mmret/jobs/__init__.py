@@ -21,6 +21,7 @@ import time
 
 import ml_collections
 
+from mmret import files
 from mmret.config import ConfigError
 from mmret.config import checks
 from mmret.config import validate as validate_generic
@@ -78,7 +79,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     validate(config)
     workdir_lib.check_resume(workdir, config, allow_config_change)
     if primary:
-      workdir_lib.write_text_atomic(workdir / 'config.json',
+      files.write_text_atomic(workdir / 'config.json',
                                     config.to_json_best_effort(indent=2, sort_keys=True))
     previous = workdir / 'results.json'
     previous = results_lib.read_results(previous) if previous.is_file() else {}

@@ -10,7 +10,7 @@ import math
 import pathlib
 import re
 
-from mmret.jobs import workdir as workdir_lib
+from mmret import files
 
 # Keys of what training measured; a rerun that trains nothing keeps them from the last run.
 _TRAIN_KEY = re.compile(r'(^|/)(loss|train)/')
@@ -22,7 +22,7 @@ def write_results(path: pathlib.Path, results: dict[str, float]) -> None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       value = float(value) if math.isfinite(value) else None
     flat[key] = value
-  workdir_lib.write_text_atomic(path, json.dumps(flat, indent=2, sort_keys=True,
+  files.write_text_atomic(path, json.dumps(flat, indent=2, sort_keys=True,
                                                  allow_nan=False) + '\n')
 
 

@@ -2,7 +2,7 @@
 
   with lock(workdir):                 # a second job in the same workdir fails at once
     check_resume(workdir, config)     # a resumed run must have the stored config (or safe edits)
-    write_text_atomic(workdir / 'config.json', ...)
+    files.write_text_atomic(workdir / 'config.json', ...)  # mmret/files.py
 
 The lock is an advisory `fcntl.flock` on `<workdir>/.mmret.lock`, held for the whole job and
 released by the kernel when the process ends, however it ends (no stale locks after a kill).
@@ -113,14 +113,3 @@ def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict,
         f'workdir {workdir} holds a run with another config ({len(changed)} key(s) differ: '
         f'{"; ".join(changed[:6])}{"; ..." if len(changed) > 6 else ""}); use another '
         '--workdir, or --allow_config_change to resume it anyway.')
-
-
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes a sibling temporary file and renames it over `path`: readers see the old file or
-  the new one, never half of one, and a failed write leaves the old file in place."""
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  try:
-    tmp.write_text(text)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)

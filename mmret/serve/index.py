@@ -19,9 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 import scann
 
+from mmret import files
 from mmret.config import ConfigError
 from mmret.evaluate import search
-from mmret.jobs import workdir as workdir_lib
 
 INDEX_FILE = 'index.json'
 
@@ -69,7 +69,7 @@ class Index:
     searcher.serialize(str(directory), relative_path=True)
     info = {'params': dataclasses.asdict(self.scann_index.params), 'num_items': self.num_items,
             'dim': int(self.scann_index.items.shape[1]), 'item_ids': self.item_ids}
-    workdir_lib.write_text_atomic(directory / INDEX_FILE, json.dumps(info) + '\n')
+    files.write_text_atomic(directory / INDEX_FILE, json.dumps(info) + '\n')
     return directory
 
   @classmethod

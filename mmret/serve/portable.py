@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from mmret import files
 from mmret.config import ConfigError
 from mmret.data import features
 from mmret.data import tokenizer as tokenizer_lib
-from mmret.jobs import workdir as workdir_lib
 from mmret.serve import model as model_lib
 
 ARTIFACT = 'query_tower.jax'
@@ -54,7 +54,7 @@ def write_query_tower(model: model_lib.Model, directory: str | pathlib.Path) -> 
   tmp.replace(directory / ARTIFACT)
   if not (directory / spec['tokenizer']).is_file():
     model.tokenizer.save(directory / 'tokenizer')
-  workdir_lib.write_text_atomic(directory / SPEC, json.dumps(spec, indent=2) + '\n')
+  files.write_text_atomic(directory / SPEC, json.dumps(spec, indent=2) + '\n')
   return directory / ARTIFACT
 
 

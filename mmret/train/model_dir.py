@@ -21,7 +21,6 @@ what to do, never read half-way.
 import dataclasses
 import importlib.metadata
 import json
-import os
 import pathlib
 import shutil
 from collections.abc import Sequence
@@ -36,21 +35,12 @@ from mmret.config import ConfigError
 from mmret.data import records
 from mmret.data import tokenizer as tokenizer_lib
 from mmret.evaluate import vectors as vectors_lib
+from mmret.files import write_text_atomic
 
 FORMAT_VERSION = 1
 MODEL_DIR = 'model'
 FILES = ('format.json', 'config.json', 'tokenizer/tokenizer.json', 'variables.msgpack',
          'items.jsonl', 'item_vectors.npy')
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  """A sibling temporary file renamed over `path`: readers never see half a file."""
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  try:
-    tmp.write_text(text)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
 
 
 def _version() -> str:
@@ -72,7 +62,7 @@ def save(directory: pathlib.Path, *, config: ml_collections.ConfigDict,
   directory = pathlib.Path(directory)
   (directory / 'format.json').unlink(missing_ok=True)
   directory.mkdir(parents=True, exist_ok=True)
-  _write_atomic(directory / 'config.json',
+  write_text_atomic(directory / 'config.json',
                                 config.to_json_best_effort(indent=2, sort_keys=True))
   if (directory / 'tokenizer').exists():
     shutil.rmtree(directory / 'tokenizer')
@@ -82,12 +72,12 @@ def save(directory: pathlib.Path, *, config: ml_collections.ConfigDict,
   (directory / 'variables.msgpack').write_bytes(flax.serialization.msgpack_serialize(host))
   lines = [json.dumps({'item_id': it.item_id, 'title': it.title, 'image': it.image})
            for it in items]
-  _write_atomic(directory / 'items.jsonl', ''.join(f'{x}\n' for x in lines))
+  write_text_atomic(directory / 'items.jsonl', ''.join(f'{x}\n' for x in lines))
   np.save(directory / 'item_vectors.npy', item_vectors)
   info = {'format_version': FORMAT_VERSION, 'job': config.job, 'num_items': len(items),
           'dim': int(item_vectors.shape[1]), 'context_names': list(context_names),
           'image_size': int(config.data.image_size), 'mmret_version': _version()}
-  _write_atomic(directory / 'format.json', json.dumps(info, indent=2) + '\n')
+  write_text_atomic(directory / 'format.json', json.dumps(info, indent=2) + '\n')
   return directory
 
 
