@@ -260,11 +260,11 @@ def test_evaluator_end_to_end_on_planted_vectors():
   expected_keys = {f'{m}@{k}{s}' for k in (1, 1000) for m, s in [
       ('recall', ''), ('recall', '/exact'), ('relevance', ''), ('exact_match', ''),
       ('recall', '/image_only'), ('recall', '/cold'), ('scann_neighbour_recall', '')]}
-  search_keys = {'search/exhaustive', 'perf/search/scann_qps', 'perf/search/exact_qps',
+  search_keys = {'search/exhaustive', 'search/num_items', 'perf/search/scann_qps', 'perf/search/exact_qps',
                  'perf/search/scann_build_seconds'}
   assert set(out) == expected_keys | search_keys
   # 40 items: ScaNN scored every item exactly, and the results say so.
-  assert out['search/exhaustive'] == 1.0
+  assert out['search/exhaustive'] == 1.0 and out['search/num_items'] == 40
   assert out['perf/search/scann_qps'] > 0 and out['perf/search/exact_qps'] > 0
   assert out['recall@1'] == out['recall@1/exact'] == pytest.approx(0.75)
   assert out['recall@1/image_only'] == pytest.approx(0.75)
@@ -325,3 +325,16 @@ def test_results_table_says_when_search_was_exhaustive():
   note = text.splitlines()[-1]
   assert note.startswith('note: ScaNN search was exhaustive (baseline/random_init/, model)')
   assert 'note:' not in results.format_results({'search/exhaustive': 0.0})
+
+
+def test_results_table_says_when_k_covers_the_catalog():
+  from mmret.jobs import results  # pylint: disable=g-import-not-at-top
+  text = results.format_results({'recall@10': 0.5, 'recall@100': 0.9, 'recall@1000': 1.0,
+                                 'search/num_items': 200.0})
+  assert text.splitlines()[-1] == ('note: K >= the catalog (200 items) at @1000: recall there '
+                                   'counts every item and is 1.0 by construction, not a '
+                                   'measurement.')
+  text = results.format_results({'recall@10': 0.5, 'recall@100': 0.9,
+                                 'search/num_items': 100.0})
+  assert text.splitlines()[-1].startswith('note: K >= the catalog (100 items) at @100:')
+  assert 'note:' not in results.format_results({'recall@10': 0.5, 'search/num_items': 3000.0})

@@ -29,6 +29,8 @@ catalog of 300 items reports recall@1000 as its recall@300 and keys stay stable 
   search/exhaustive          1 when the ScaNN search is exact search by construction (a catalog
                              under search.EXHAUSTIVE_BELOW items, or K >= N): its figures are
                              then no measurement of approximate search; else 0
+  search/num_items           N, the catalog size searched: Recall@K for K >= N counts the whole
+                             catalog (1.0 by construction), and the results table says so
   perf/search/scann_qps, perf/search/exact_qps, perf/search/scann_build_seconds
                              eval queries/s of each searcher (host wall clock, exact search's
                              compilation included) and the ScaNN index build time
@@ -215,7 +217,8 @@ class RetrievalEvaluator:
     _, exact_ids = search.exact_topk(queries, items, k_max)
     timings['exact'] = time.perf_counter() - tic
     ids = exact_ids
-    search_info = {'perf/search/exact_qps': len(queries) / max(timings['exact'], 1e-9)}
+    search_info = {'search/num_items': float(items.shape[0]),
+                   'perf/search/exact_qps': len(queries) / max(timings['exact'], 1e-9)}
     if self.scann:
       tic = time.perf_counter()
       index = search.build_scann(items, num_neighbors=k_max, **self.scann_params)

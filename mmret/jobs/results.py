@@ -83,4 +83,10 @@ def format_results(results: dict[str, float], title: str = 'results') -> str:
   if exhaustive:
     lines.append(f'note: ScaNN search was exhaustive ({", ".join(exhaustive)}): the catalog is '
                  'under 10,000 items or K >= N, so ScaNN figures are exact search, not ANN.')
+  num_items = results.get('search/num_items')
+  whole = [k for k in (ks if table else []) if num_items and k >= num_items]
+  if whole:
+    lines.append(f'note: K >= the catalog ({int(num_items):,} items) at '
+                 f'{", ".join(f"@{k}" for k in whole)}: recall there counts every item and is '
+                 '1.0 by construction, not a measurement.')
   return '\n'.join(lines)
