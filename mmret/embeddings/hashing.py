@@ -39,6 +39,11 @@ class IdVocabulary:
     self.salt = salt
 
   @property
+  def known(self) -> list[str]:
+    """The known IDs in row order (what rebuilds this vocabulary: IdVocabulary(known, ...))."""
+    return list(self._index)
+
+  @property
   def num_known(self) -> int:
     return len(self._index)
 

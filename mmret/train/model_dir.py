@@ -76,7 +76,9 @@ def save(directory: pathlib.Path, *, config: ml_collections.ConfigDict,
   np.save(directory / 'item_vectors.npy', item_vectors)
   info = {'format_version': FORMAT_VERSION, 'job': config.job, 'num_items': len(items),
           'dim': int(item_vectors.shape[1]), 'context_names': list(context_names),
-          'image_size': int(config.data.image_size), 'mmret_version': _version()}
+          # A recall config reads its data through the stage 1 it embeds.
+          'image_size': int((config.data if 'data' in config else config.stage1.data
+                             ).image_size), 'mmret_version': _version()}
   write_text_atomic(directory / 'format.json', json.dumps(info, indent=2) + '\n')
   return directory
 

@@ -52,12 +52,9 @@ def index_batches(index: np.ndarray, rows: np.ndarray, chunk: int):
     yield {'index': np.pad(i, (0, chunk - n)), 'rows': np.pad(r, (0, chunk - n)), 'valid': valid}
 
 
-def evaluate(ctx, model: recall_model.RecallModel, state: step.RecallState,
-             config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Stage-1 protocol (ScaNN + exact Recall@K, relevance@K) plus the group breakdown.
-
-  ctx: the job's shared context (eval set, ID maps, frozen inputs, item groups).
-  """
+def fused_vectors(ctx, model: recall_model.RecallModel, state: step.RecallState,
+                  config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+  """(query vectors float32 [Q, D] of ctx.eval_set.queries, item vectors float32 [N, D])."""
   encode_queries, encode_items = make_encoders(model)
   chunk = config.eval.batch_size
   catalog = np.arange(ctx.data.num_items, dtype=np.int32)
@@ -68,6 +65,18 @@ def evaluate(ctx, model: recall_model.RecallModel, state: step.RecallState,
       lambda s, b: encode_queries(s, ctx.frozen, b['index'], b['rows']), state,
       index_batches(ctx.eval_query_index, ctx.maps.query_rows[ctx.eval_query_index], chunk),
       what='queries', total=len(ctx.eval_query_index))
+  return queries, items
+
+
+def evaluate(ctx, model: recall_model.RecallModel, state: step.RecallState,
+             config: ml_collections.ConfigDict,
+             fused: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+  """Stage-1 protocol (ScaNN + exact Recall@K, relevance@K) plus the group breakdown.
+
+  ctx: the job's shared context (eval set, ID maps, frozen inputs, item groups). fused: the
+  (queries, items) of fused_vectors, when the caller already has them.
+  """
+  queries, items = fused if fused is not None else fused_vectors(ctx, model, state, config)
   ks = tuple(config.eval.ks)
   evaluator = retrieval.RetrievalEvaluator(
       ctx.eval_set, ks=ks, scann=config.eval.scann,

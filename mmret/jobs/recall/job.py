@@ -8,7 +8,7 @@
     3. per variant in config.variants (a fusion, mmret.towers.recall.FUSIONS): a sharded
        state, the jitted row-sparse step (step.py), trained by the shared runner under
        <workdir>/<variant>/; then Recall@K / relevance@K with ScaNN and exact search
-       (evaluator.py)
+       (evaluator.py); its model directory <workdir>/<variant>/model/ (model_files.py)
     4. results keyed '<variant>/<metric>', e.g. 'gate_add/recall@100/tail'
 
 A killed job rerun with the same workdir resumes: finished variants restore their final
@@ -26,9 +26,11 @@ from mmret.data import prepare as prepare_lib
 from mmret.embeddings import tables
 from mmret.jobs.recall import data as data_lib
 from mmret.jobs.recall import evaluator
+from mmret.jobs.recall import model_files
 from mmret.jobs.recall import stage1
 from mmret.jobs.recall import step as step_lib
 from mmret.towers import recall as recall_model
+from mmret.train import model_dir
 from mmret.train import runner as runner_lib
 from mmret.train import sharding as sharding_lib
 from mmret.train.progress import info
@@ -115,7 +117,14 @@ def train_variant(config: ml_collections.ConfigDict, fusion: str, ctx: Context,
 
   trained = runner.train(state, lambda s, b: step_fn(s, b, ctx.frozen), train_iter, next_batch,
                          print_keys=PRINT_KEYS, workdir=workdir, log_prefix=f'{fusion} ')
-  results = evaluator.evaluate(ctx, model, trained.state, config)
+  fused = evaluator.fused_vectors(ctx, model, trained.state, config)
+  results = evaluator.evaluate(ctx, model, trained.state, config, fused)
+  stage1_model = stage1.stage1_workdir(config, workdir.parent) / model_dir.MODEL_DIR
+  if (stage1_model / 'format.json').is_file():
+    model_files.save(workdir / model_dir.MODEL_DIR, config, fusion, ctx, trained.state, *fused,
+                     stage1_model)
+  else:  # a stage-1 run from before model directories: nothing to copy the text towers from
+    info(f'{fusion}: no model directory written ({stage1_model} missing; rerun stage 1 there)')
   results['train/cold_dropout'] = cold_dropout
   return runner.epilogue(results, trained)
 
