@@ -182,8 +182,10 @@ def test_bad_directories_are_one_line_errors(stage1, served, tmp_path):
   recall = tmp_path / 'recall'
   recall.mkdir()
   (recall / 'config.json').write_text(json.dumps({'job': 'recall'}))
-  with pytest.raises(ConfigError, match="a 'recall' model cannot be loaded yet"):
-    serve.Model.load(recall)
+  with pytest.raises(ConfigError, match='recall workdir without a model directory'):
+    serve.Model.load(recall)  # a recall run from before model directories (or unfinished)
+  with pytest.raises(ConfigError, match="variant='add' is for a recall workdir"):
+    serve.Model.load(workdir, variant='add')
   assert model_dir.FORMAT_VERSION == 1
 
 

@@ -1,6 +1,6 @@
 """The command lines of mmret.serve (thin; the logic is in serving.py):
 
-  python -m mmret.export WORKDIR OUTDIR [--num_neighbors 100]
+  python -m mmret.export WORKDIR OUTDIR [--num_neighbors 100] [--variant FUSION]
   python -m mmret.search OUTDIR "red floral dress" [--k 10] [--json]
   python -m mmret.search OUTDIR --queries FILE [--k 10] [--json]   # one query per line
 
@@ -12,6 +12,7 @@ usage mistake) is one line `mmret: error: ...` on stderr and exit code 2.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -53,11 +54,14 @@ def export_main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('outdir', help='serving directory to write')
   parser.add_argument('--num_neighbors', type=int, default=100,
                       help='the K the ScaNN index is tuned for (default 100)')
+  parser.add_argument('--variant', help='the fusion to export from a recall workdir with '
+                      'several (e.g. gate_add)')
   args = parser.parse_args(argv)
 
   def run():
     from mmret import serve  # pylint: disable=g-import-not-at-top
-    out = serve.export(args.workdir, args.outdir, num_neighbors=args.num_neighbors)
+    out = serve.export(args.workdir, args.outdir, num_neighbors=args.num_neighbors,
+                       variant=args.variant)
     print(f'wrote {out} (search it: python -m mmret.search {out} "a query" --k 10)')
   _run(run)
 
@@ -102,7 +106,10 @@ def search_main(argv: Sequence[str] | None = None) -> None:
   def run():
     from mmret import serve  # pylint: disable=g-import-not-at-top
     queries = [args.query] if args.query is not None else _read_queries(args.queries)
-    searcher = serve.Searcher.load(args.outdir)
-    for query, hits in zip(queries, searcher.search(queries, k=args.k)):
+    # Encoding progress lines go to stderr: stdout is the hits only (one JSON line per query).
+    with contextlib.redirect_stdout(sys.stderr):
+      searcher = serve.Searcher.load(args.outdir)
+      results = searcher.search(queries, k=args.k)
+    for query, hits in zip(queries, results):
       print(format_hits(query, hits, args.json))
   _run(run)

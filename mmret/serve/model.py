@@ -10,9 +10,9 @@ Queries are tokenised as in training (the tokenizer saved with the model, `data.
 tokens: longer queries are cut, [SEP] kept); items as the evaluation's catalog pass
 (`data.title_len` title tokens, the image resized to `data.image_size`, the context features the
 model was trained with, in its order; other context keys are ignored).
-Jobs: stage 1 (`pretrain`) and Que2Engage (`engage`). A recall (stage-2) workdir is refused
-with a ConfigError: its query and item towers also read the stage-1 vectors and the ID tables,
-which the model directory does not hold yet.
+Jobs: stage 1 (`pretrain`), Que2Engage (`engage`) and recall (stage 2: `Model.load` returns a
+mmret.serve.recall.RecallServeModel with the same interface; a recall workdir holds one model
+per fusion variant, picked with `variant=` when there are several).
 """
 
 import dataclasses
@@ -29,11 +29,14 @@ from mmret.data import pipelines
 from mmret.data import records
 from mmret.data import tfds_builder
 from mmret.evaluate import vectors as vectors_lib
+from mmret.jobs.recall import model_files as recall_files
+from mmret.serve import recall as recall_serve
 from mmret.train import model_dir
 from mmret.towers.engage import EngageModel
 from mmret.towers.pretrain import PretrainModel
+from mmret.towers.recall import FUSIONS
 
-SUPPORTED_JOBS = ('pretrain', 'engage')
+SUPPORTED_JOBS = ('pretrain', 'engage', 'recall')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,19 +65,54 @@ def build_towers(files: model_dir.ModelFiles) -> Towers:
                     f'supports {", ".join(SUPPORTED_JOBS)}); use its stage-1 workdir instead.')
 
 
-def check_workdir_kind(path: pathlib.Path) -> None:
-  """A workdir without a model directory of its own that never will have one (a recall run, a
-  sweep) is named as such, instead of being reported as incomplete."""
+def recall_variant(path: pathlib.Path, variant: str | None) -> pathlib.Path:
+  """A recall workdir -> the directory of its variant: `variant`, or the only one with a model
+  directory; several without `variant` is a one-line ConfigError naming them."""
+  # Only the fusions' directories: the stage-1 run inside (stage1/) has a model too.
+  found = sorted(d.name for d in path.iterdir()
+                 if d.name in FUSIONS and (d / model_dir.MODEL_DIR).is_dir())
+  if variant:
+    if variant not in found:
+      raise ConfigError(f'{path}: no model directory for variant {variant!r} (found: '
+                        f'{", ".join(found) or "none"}).')
+    return path / variant
+  if len(found) == 1:
+    return path / found[0]
+  if not found:
+    raise ConfigError(f'{path}: a recall workdir without a model directory in any variant (a '
+                      'run from before mmret wrote them, or unfinished); re-run the job there.')
+  raise ConfigError(f'{path} is a recall workdir with {len(found)} variants '
+                    f'({", ".join(found)}); pick one with variant= (--variant on the CLI).')
+
+
+def check_workdir_kind(path: pathlib.Path, variant: str | None = None) -> pathlib.Path:
+  """The directory to load: `path`, or a recall workdir's variant. A workdir without a model
+  directory of its own that never will have one (a sweep) is named as such, instead of being
+  reported as incomplete."""
   stored = path / 'config.json'
   if not stored.is_file() or (path / 'format.json').exists() or (path / model_dir.MODEL_DIR
                                                                   ).exists():
-    return
+    if variant:
+      raise ConfigError(f'{path}: variant={variant!r} is for a recall workdir, which this is '
+                        'not; drop it.')
+    return path
   config = model_dir.read_config(stored)
   if config.get('sweep') is not None and config.sweep.get('rows'):
     raise ConfigError(f'{path} is a sweep; load one of its runs, e.g. {path}/<row>/seed0.')
+  if config.get('job') == 'recall':
+    return recall_variant(path, variant)
   if config.get('job') not in SUPPORTED_JOBS:
     raise ConfigError(f'{path}: a {config.get("job")!r} model cannot be loaded yet (loading '
-                      f'supports {", ".join(SUPPORTED_JOBS)}); use its stage-1 workdir instead.')
+                      f'supports {", ".join(SUPPORTED_JOBS)}).')
+  return path
+
+
+def from_files(files: model_dir.ModelFiles, batch_size: int | None = None):
+  """A loaded model directory -> Model, or RecallServeModel for a recall variant."""
+  if files.info['job'] != 'recall':
+    return Model(files, batch_size)
+  stage1 = model_dir.load(files.directory / recall_files.STAGE1_DIR)
+  return recall_serve.RecallServeModel(files, Model(stage1, batch_size))
 
 
 def item_row(item: records.Item, index: int, image_size: int, context_names: Sequence[str]
@@ -109,10 +147,12 @@ class Model:
     self._item = jax.jit(lambda v, b: module.apply(v, b, method=towers.item_method))
 
   @classmethod
-  def load(cls, path: str | pathlib.Path, batch_size: int | None = None) -> 'Model':
-    """From a workdir of a finished run, its model/ directory, or an exported directory."""
-    check_workdir_kind(pathlib.Path(path).expanduser())
-    return cls(model_dir.load(pathlib.Path(path)), batch_size)
+  def load(cls, path: str | pathlib.Path, batch_size: int | None = None,
+           variant: str | None = None) -> 'Model | recall_serve.RecallServeModel':
+    """From a workdir of a finished run, its model/ directory, or an exported directory.
+    variant: the fusion of a recall workdir with several (e.g. 'gate_add')."""
+    path = check_workdir_kind(pathlib.Path(path).expanduser(), variant)
+    return from_files(model_dir.load(path), batch_size)
 
   # --- the catalog the job evaluated on -------------------------------------------------------
 

@@ -8,7 +8,9 @@ tower, and the searcher that reads it.
 Layout of OUTDIR: the model directory's files (mmret/train/model_dir.py: format.json,
 config.json, tokenizer/, variables.msgpack, items.jsonl, item_vectors.npy), index/ (ScaNN over
 item_vectors.npy, mmret/serve/index.py) and query_tower.jax + query_tower.json
-(mmret/serve/portable.py).
+(mmret/serve/portable.py; not for a recall model, whose query tower hashes the string to its
+ID row). A recall variant's directory also holds recall/ and stage1/
+(mmret/jobs/recall/model_files.py).
 """
 
 import dataclasses
@@ -19,23 +21,28 @@ from collections.abc import Sequence
 import numpy as np
 
 from mmret.config import ConfigError
+from mmret.jobs.recall import model_files as recall_files
 from mmret.train import model_dir
 from mmret.serve import index as index_lib
 from mmret.serve import model as model_lib
 from mmret.serve import portable
 
 INDEX_DIR = 'index'
+RECALL_DIRS = (recall_files.RECALL_DIR, recall_files.STAGE1_DIR)
 
 
 def export(workdir: str | pathlib.Path, outdir: str | pathlib.Path, *,
-           num_neighbors: int = 100) -> pathlib.Path:
+           num_neighbors: int = 100, variant: str | None = None) -> pathlib.Path:
   """Writes the serving directory of a finished run's workdir (or model directory) to outdir.
 
   num_neighbors: the K the ScaNN index is tuned for (larger K still works; search widens).
+  variant: the fusion of a recall workdir with several variants.
   """
-  model_lib.check_workdir_kind(pathlib.Path(workdir).expanduser())
-  files = model_dir.load(pathlib.Path(workdir))
-  model = model_lib.Model(files)
+  path = model_lib.check_workdir_kind(pathlib.Path(workdir).expanduser(), variant)
+  files = model_dir.load(path)
+  model = model_lib.from_files(files)
+  recall = files.info['job'] == 'recall'
+
   outdir = pathlib.Path(outdir).expanduser()
   outdir.mkdir(parents=True, exist_ok=True)
   if outdir.resolve() != files.directory.resolve():
@@ -45,11 +52,14 @@ def export(workdir: str | pathlib.Path, outdir: str | pathlib.Path, *,
         continue
       shutil.copy2(files.directory / name, outdir / name)
     shutil.copytree(files.directory / 'tokenizer', outdir / 'tokenizer', dirs_exist_ok=True)
+    for name in (RECALL_DIRS if recall else ()):
+      shutil.copytree(files.directory / name, outdir / name, dirs_exist_ok=True)
   index = index_lib.Index.build(model.item_vectors, model.item_ids, num_neighbors)
   if (outdir / INDEX_DIR).exists():
     shutil.rmtree(outdir / INDEX_DIR)
   index.save(outdir / INDEX_DIR)
-  portable.write_query_tower(model, outdir)
+  if not recall:  # the recall query tower hashes strings to ID rows: not exportable as StableHLO
+    portable.write_query_tower(model, outdir)
   if outdir.resolve() != files.directory.resolve():
     shutil.copy2(files.directory / 'format.json', outdir / 'format.json')  # complete now
   return outdir
@@ -79,7 +89,7 @@ class Searcher:
       raise ConfigError(f'{files.directory}: {INDEX_DIR}/{index_lib.INDEX_FILE} missing (no '
                         'saved index); write the serving directory with `python -m '
                         f'mmret.export WORKDIR {outdir}`.')
-    return cls(model_lib.Model(files), index_lib.Index.load(files.directory / INDEX_DIR))
+    return cls(model_lib.from_files(files), index_lib.Index.load(files.directory / INDEX_DIR))
 
   def search_vectors(self, query_vectors: np.ndarray, k: int) -> list[list[Hit]]:
     """float [Q, D] -> [Q] lists of up to k hits, best first."""
