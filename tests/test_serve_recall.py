@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -110,6 +111,11 @@ def test_export_and_search_cli_on_a_recall_workdir(recall, tmp_path):
     serve.Model.load(workdir)
   with pytest.raises(ConfigError, match="no model directory for variant 'add'"):
     serve.Model.load(workdir, variant='add')
+  partial = tmp_path / 'partial'
+  shutil.copytree(workdir / 'gate_add' / 'model', partial)
+  (partial / 'recall' / 'item_table.npy').unlink()
+  with pytest.raises(ConfigError, match=r'incomplete: recall/item_table\.npy missing'):
+    serve.Model.load(partial)
   proc = _cli('mmret.export', workdir, tmp_path / 'amb')
   assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
   assert 'pick one with variant= (--variant' in proc.stderr

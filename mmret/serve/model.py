@@ -111,6 +111,7 @@ def from_files(files: model_dir.ModelFiles, batch_size: int | None = None):
   """A loaded model directory -> Model, or RecallServeModel for a recall variant."""
   if files.info['job'] != 'recall':
     return Model(files, batch_size)
+  model_dir.check(files.directory, recall_files.FILES)  # names a missing recall/ or stage1/ file
   stage1 = model_dir.load(files.directory / recall_files.STAGE1_DIR)
   return recall_serve.RecallServeModel(files, Model(stage1, batch_size))
 
