@@ -30,6 +30,7 @@ from mmret.data import records
 from mmret.data import tfds_builder
 from mmret.evaluate import vectors as vectors_lib
 from mmret.jobs.recall import model_files as recall_files
+from mmret.serve import catalog
 from mmret.serve import recall as recall_serve
 from mmret.train import model_dir
 from mmret.towers.engage import EngageModel
@@ -132,7 +133,7 @@ def item_row(item: records.Item, index: int, image_size: int, context_names: Seq
           'item_index': index}
 
 
-class Model:
+class Model(catalog.Catalog):
   """See the module docstring. `variables` are numpy; each encode call jits once per shape."""
 
   def __init__(self, files: model_dir.ModelFiles, batch_size: int | None = None):
@@ -155,23 +156,7 @@ class Model:
     path = check_workdir_kind(pathlib.Path(path).expanduser(), variant)
     return from_files(model_dir.load(path), batch_size)
 
-  # --- the catalog the job evaluated on -------------------------------------------------------
-
-  @property
-  def items(self) -> list[dict[str, Any]]:
-    """[N] {item_id, title, image} in item-index order."""
-    return self.files.items
-
-  @property
-  def item_ids(self) -> list[str]:
-    return [it['item_id'] for it in self.files.items]
-
-  @property
-  def item_vectors(self) -> np.ndarray:
-    """float32 [N, D]: the vectors the job's evaluation searched."""
-    return self.files.item_vectors
-
-  # --- encoding -------------------------------------------------------------------------------
+  # --- encoding (the catalog the job evaluated on: items, item_ids, item_vectors from Catalog) -------------------------------------------------------------------------------
 
   def query_fields(self) -> features.QueryFields:
     """Strings -> the query batch fields, as in training (the portable tower uses it too)."""

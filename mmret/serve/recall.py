@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmret.data import records
+from mmret.serve import catalog
 from mmret.embeddings import hashing
 from mmret.embeddings import tables
 from mmret.evaluate import vectors as vectors_lib
@@ -30,7 +31,7 @@ from mmret.towers import recall as recall_model
 from mmret.train import model_dir
 
 
-class RecallServeModel:
+class RecallServeModel(catalog.Catalog):
   """See the module docstring. Each encode call jits once per batch shape."""
 
   job = 'recall'
@@ -76,19 +77,6 @@ class RecallServeModel:
     self._item = jax.jit(lambda v, b: module.apply(
         v, id_input(b['table'], b['rows']), b['mm'], b['stats'], b['category'],
         method=recall_model.RecallModel.encode_item)['item_vec'])
-
-  @property
-  def items(self):
-    return self.files.items
-
-  @property
-  def item_ids(self) -> list[str]:
-    return [it['item_id'] for it in self.files.items]
-
-  @property
-  def item_vectors(self) -> np.ndarray:
-    """float32 [N, D]: the fused vectors the job's evaluation searched."""
-    return self.files.item_vectors
 
   def _batches(self, table: jax.Array, columns: dict[str, np.ndarray]):
     """Fixed-size chunks (one compiled program) of per-row columns, padded, with `valid`."""
