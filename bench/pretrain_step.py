@@ -7,6 +7,8 @@ so what is timed is what `python -m mmret.launch` runs. Reported (JSON, also pri
   setup_seconds            data (generate/cache, tokenizer, TFDS) + model + sharded state init
   lower_seconds            tracing and lowering the first step to HLO
   compile_seconds          lower_seconds + XLA's compile: what the first step waits for
+  compile_cpu_seconds      the process's CPU time over the same span: on a machine shared with
+                           other jobs, the figure that does not grow with their load
   step_ms_fed              steady step time, batches from the job's own input pipeline
   step_ms_device           steady step time, one device-resident batch over and over
   examples_per_sec         batch_size / step_ms_fed
@@ -184,11 +186,12 @@ def measure(config, args) -> dict[str, Any]:
     train, state = built['train'], built['state']
     with built['runner'].context():
       first = train.next_batch(1)
-      tic = time.perf_counter()
+      tic, cpu = time.perf_counter(), time.process_time()
       lowered = built['step_fn'].lower(state, first)
       lower_seconds = time.perf_counter() - tic
       compiled = lowered.compile()
       compile_seconds = time.perf_counter() - tic
+      compile_cpu_seconds = time.process_time() - cpu
       state, _, first_ms = run_steps(compiled, state, [first])  # not timed below: warm-up
       fed = []
       state, _, fed_ms = run_steps(compiled, state, [
@@ -206,6 +209,7 @@ def measure(config, args) -> dict[str, Any]:
         'setup_seconds': setup_seconds,
         'setup_breakdown_seconds': built['seconds'],
         'lower_seconds': lower_seconds, 'compile_seconds': compile_seconds,
+        'compile_cpu_seconds': compile_cpu_seconds,
         'first_step_run_ms': first_ms,
         'step_ms_fed': fed_ms, 'step_ms_device': device_ms,
         'examples_per_sec': batch_size / fed_ms * 1e3,

@@ -1,7 +1,8 @@
 r"""Stage 1: multimodal pre-training (Taobao main-search design, DESIGN.md §1) on SynthShop.
 
 Variants: `tiny` (tests, seconds), `default` (the CPU demo run by `python -m mmret.launch`),
-`base` (BERT-base width, for accelerators).
+`base` (BERT-base width, for accelerators), `two_tower` (`base` with the in-batch contrastive
+task only, query 16 + item 64 tokens: the work of a PyTorch two-tower, for bench/gpu.sh).
 
   python -m mmret.launch                                   # = configs/pretrain.py:default
   python -m mmret.launch --config configs/pretrain.py:tiny --workdir /tmp/mmret_tiny
@@ -13,14 +14,14 @@ import ml_collections
 
 from mmret.data import synthshop
 
-_VARIANTS = ('tiny', 'default', 'base')
+_VARIANTS = ('tiny', 'default', 'base', 'two_tower')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or 'default'
   if variant not in _VARIANTS:
     raise ValueError(f'configs/pretrain.py: unknown variant {variant!r}; choose from {_VARIANTS}.')
-  tiny, base = variant == 'tiny', variant == 'base'
+  tiny, base = variant == 'tiny', variant in ('base', 'two_tower')
   c = ml_collections.ConfigDict()
   c.job = 'pretrain'
   c.variant = variant
@@ -93,6 +94,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
   c.optim.clip_norm = 1.0
+  # First-moment dtype: '' keeps float32; 'bfloat16' halves its memory (accelerators).
+  c.optim.mu_dtype = ''
 
   # Model selection (mmret/train/selection.py): `share` of the training queries (by a fixed
   # hash, never an eval query) is held out of training; every `every` steps, and at the last,
@@ -124,7 +127,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.axis_rules = (
       ('batch', 'data'), ('vocab', 'model'), ('mlp', 'model'), ('heads', 'model'),
       ('embed', None), ('kv', None), ('length', None), ('patch', None), ('classes', None))
+  if variant == 'two_tower':
+    two_tower(c)
   return c
+
+
+def two_tower(c: ml_collections.ConfigDict) -> None:
+  """The two-tower mode: in-batch softmax over the pooled, L2-normalised query and item vectors
+  of the shared encoder (QIC only; a task with weight 0 is not computed at all), one direction,
+  no logQ correction, no judged negatives: the work of the usual PyTorch two-tower
+  (bench/peer_torch_twotower.py). Query 16 tokens; item 48 title tokens + 16 image patches = 64.
+  """
+  c.data.query_len = 16
+  c.data.title_len = 48
+  c.loss.weights = ml_collections.ConfigDict(
+      dict(mlm_query=0.0, mlm_title=0.0, mpm=0.0, qic=1.0, qim=0.0, qim2=0.0))
+  c.loss.qic = 'softmax'
+  c.loss.temperature = 0.05  # logits x 20, as the peer's
+  c.loss.symmetric = False
+  c.loss.logq_correction = False
+  c.loss.judged_negatives = 0
 
 
 def model_config(variant: str) -> ml_collections.ConfigDict:
@@ -135,7 +157,7 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     'base'     BERT-base shape (768 / 12 layers / 12 heads / 3072), 2 cross-modal layers.
   The vocabulary size and [MASK] id come from the tokenizer (data.tokenizer), not from here.
   """
-  tiny, base = variant == 'tiny', variant == 'base'
+  tiny, base = variant == 'tiny', variant in ('base', 'two_tower')
   c = ml_collections.ConfigDict()
   # 'minilm': copy all-MiniLM-L6-v2 into the shared encoder (needs the MiniLM shape and
   # vocabulary); 'random': BERT-style random init.
@@ -155,6 +177,12 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   # 'fused': jax.nn.dot_product_attention (training with dropout > 0 keeps the einsum path: the
   # fused API has no attention-weight dropout); 'einsum': the two-einsum reference.
   c.attention = 'fused'
+  # The item-side passes of a train step (the masked item, QIM2's title-less item, the judged
+  # negatives) run as one encoder call, and QIM and QIM2 as one cross-modal call, concatenated
+  # along the batch: the same maths (tests/test_towers.py), one compiled layer stack per
+  # encoder instead of three; QIM2's rows then carry the title slots, masked (more FLOPs for
+  # that pass, docs/PERFORMANCE.md).
+  c.share_calls = True
   c.remat = base
   # What remat keeps (a jax.checkpoint_policies name): nothing, the least activation memory.
   c.remat_policy = 'nothing_saveable'

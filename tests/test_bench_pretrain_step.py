@@ -44,7 +44,8 @@ def test_tiny_config_reports_every_number(tmp_path):
     results[scan] = result = json.loads(out.read_text())
     assert result == json.loads(json.dumps(returned))
     assert result['batch_size'] == 8 and result['device'].endswith('cpu')
-    positive = ('setup_seconds', 'lower_seconds', 'compile_seconds', 'step_ms_fed',
+    positive = ('setup_seconds', 'lower_seconds', 'compile_seconds', 'compile_cpu_seconds',
+                'step_ms_fed',
                 'step_ms_device', 'examples_per_sec', 'xla_flops_per_step', 'xla_flops_compiled',
                 'utilisation', 'pipeline_examples_per_sec')
     for key in positive:

@@ -85,21 +85,28 @@ def maybe_remat(cfg: TransformerConfig, module_cls: type[nn.Module], **kwargs
                   **kwargs)
 
 
+def pair_mask(mask: jax.Array) -> jax.Array:
+  """An attention mask for [B, H, Lq, L] logits: a key mask bool [B, L] (every query sees the
+  valid keys) or a pairwise mask bool [B, Lq, L] (e.g. block-diagonal for packed rows)."""
+  return mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]
+
+
 def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
   """softmax(q k^T / sqrt(K)) over valid keys: q [B, Lq, H, K], k [B, L, H, K], mask bool
-  [B, L] -> float32 [B, H, Lq, L]. A row with no valid key gets uniform (finite) weights."""
+  [B, L] or [B, Lq, L] (`pair_mask`) -> float32 [B, H, Lq, L]. A row with no valid key gets
+  uniform (finite) weights."""
   # Logits and softmax in float32: bf16 softmax over long rows loses the small weights.
   logits = jnp.einsum('bqhk,bshk->bhqs', q, k, preferred_element_type=jnp.float32)
   logits = logits / jnp.sqrt(jnp.float32(q.shape[-1]))
   # A large finite negative (not -inf) keeps a row with no valid key finite (uniform weights).
-  logits = jnp.where(mask[:, None, None, :], logits, jnp.float32(-1e9))
+  logits = jnp.where(pair_mask(mask), logits, jnp.float32(-1e9))
   return jax.nn.softmax(logits, axis=-1)
 
 
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   """The same function as `attention_weights` followed by weights @ v, as one
-  `jax.nn.dot_product_attention` (q [B, Lq, H, K], k, v [B, L, H, K], mask bool [B, L] ->
-  [B, Lq, H, K]).
+  `jax.nn.dot_product_attention` (q [B, Lq, H, K], k, v [B, L, H, K], mask bool [B, L] or
+  [B, Lq, L] -> [B, Lq, H, K]).
 
   implementation=None lets JAX choose the kernel; in JAX 0.10 that is XLA's on every platform
   (cuDNN only when asked for by name, and only for bf16/fp16). It keeps our numerics: logits
@@ -107,8 +114,7 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -
   the value dtype before the second product, and masked keys get a large finite negative
   logit, so a row with no valid key gets uniform weights, as in the einsum path.
   """
-  return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :],
-                                      implementation=None)
+  return jax.nn.dot_product_attention(q, k, v, mask=pair_mask(mask), implementation=None)
 
 
 def layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
@@ -120,7 +126,8 @@ def layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
 class MultiHeadAttention(nn.Module):
   """Self-attention with a key padding mask.
 
-  x [B, L, D], mask bool [B, L] -> [B, Lq, D], where the queries are x_q [B, Lq, D] (default x).
+  x [B, L, D], mask bool [B, L] (keys) or [B, L, L] (query x key pairs) -> [B, Lq, D], where
+  the queries are x_q [B, Lq, D] (default x).
 
   With cfg.attention='fused', training with dropout > 0 still takes the einsum path: the fused
   API has no dropout on the attention weights, and silently dropping it would change the
@@ -145,6 +152,8 @@ class MultiHeadAttention(nn.Module):
           bias_init=logical(nn.initializers.zeros, ('heads', 'kv')))(inputs)
 
     q = proj('query', x if x_q is None else x_q)  # [B, Lq, H, K]
+    if mask.ndim == 3:
+      mask = mask[:, :q.shape[1]]  # the rows of the queries computed (first_only: one)
     k, v = proj('key', x), proj('value', x)      # [B, L, H, K]
     drop_weights = cfg.dropout > 0 and not self.deterministic
     if cfg.attention == 'fused' and not drop_weights:
@@ -208,7 +217,7 @@ class EncoderStack(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
     cfg = self.cfg
-    if cfg.scan:
+    if cfg.scan and cfg.depth > 1:  # a loop of one layer only adds loop overhead to compile
       # prevent_cse=False: inside scan the loop already keeps XLA from merging the recompute.
       layer_cls = maybe_remat(cfg, _ScannedLayer, prevent_cse=False)
       stack = nn.scan(layer_cls, variable_axes={'params': 0},

@@ -34,6 +34,8 @@ from mmret.towers import config as config_lib
 from mmret.towers import heads, masking, negatives
 
 _ACT = ('batch', 'length', 'embed')
+# The stage-1 tasks (config.loss.weights keys).
+TASKS = ('mlm_query', 'mlm_title', 'mpm', 'qic', 'qim', 'qim2')
 
 
 class CrossEncoder(nn.Module):
@@ -90,6 +92,9 @@ class PretrainModel(nn.Module):
   config: ml_collections.ConfigDict
   vocab_size: int
   mask_token_id: int
+  # Tasks whose outputs a training step computes (the loss's non-zero weights, see
+  # mmret.jobs.pretrain.model.active_tasks); 'qic' is always computed.
+  tasks: tuple[str, ...] = TASKS
 
   def setup(self):
     c = self.config
@@ -121,18 +126,17 @@ class PretrainModel(nn.Module):
     present = jnp.asarray(batch.get('image_present', jnp.ones((b,), bool)))
     return p, jnp.broadcast_to(present[:, None], (b, n))
 
-  def _item_tower(self, batch, title_tokens, patches, patch_valid, train, with_title=True):
+  def _item_tower(self, title_tokens, title_valid, patches, patch_valid, train, with_title=True):
     """[CLS] title [SEP] patches -> (hidden [B, L, D], mask bool [B, L]).
 
-    Patches take positions 0..P-1 of their own (type 1 tells them from text), so the title's
-    padding length never shifts them. with_title=False keeps only [CLS] + patches (QIM2) with the
-    same positions and types, so the patch tokens look exactly as they do with the title present.
+    title_tokens int [B, Lt], title_valid bool [B, Lt] (see `_title_valid`), patches [B, P, D],
+    patch_valid bool [B, P]. Patches take positions 0..P-1 of their own (type 1 tells them from
+    text), so the title's padding length never shifts them. with_title=False keeps only [CLS] +
+    patches (QIM2) with the same positions and types, so the patch tokens look exactly as they
+    do with the title present.
     """
-    b, lt = title_tokens.shape
+    lt = title_tokens.shape[1]
     n = patches.shape[1]
-    text_present = batch.get('text_present', jnp.ones((b,), bool))
-    title_valid = jnp.asarray(batch['title_mask']) & jnp.asarray(text_present)[:, None]
-    title_valid = title_valid.at[:, 0].set(True)  # [CLS] is always attended to / pooled.
     positions = jnp.concatenate([jnp.arange(lt), jnp.arange(n)])
     types = jnp.concatenate([jnp.zeros((lt,), jnp.int32), jnp.ones((n,), jnp.int32)])
     emb = self.encoder.embed_tokens(title_tokens)
@@ -146,6 +150,14 @@ class PretrainModel(nn.Module):
     h = self.encoder(x, jnp.broadcast_to(types, shape), mask,
                      positions=jnp.broadcast_to(positions, shape), train=train)
     return h, mask
+
+  @staticmethod
+  def _title_valid(batch):
+    """bool [B, Lt]: title tokens to attend to (none when text_present is False); [CLS] always
+    valid, so an item with neither modality still gets a finite vector."""
+    title_mask = jnp.asarray(batch['title_mask'])
+    text_present = jnp.asarray(batch.get('text_present', jnp.ones(title_mask.shape[:1], bool)))
+    return (title_mask & text_present[:, None]).at[:, 0].set(True)
 
   def _vector(self, hidden, mask):
     """The retrieval vector: pooled encoder output ('encoder', D-dim, as the source extracts
@@ -166,7 +178,8 @@ class PretrainModel(nn.Module):
     """batch with title_tokens/title_mask, image (or patch_features), image_present,
     text_present -> float32 [B, D] retrieval vectors."""
     patches, patch_valid = self._patches(batch)
-    h, mask = self._item_tower(batch, batch['title_tokens'], patches, patch_valid, train=False)
+    h, mask = self._item_tower(batch['title_tokens'], self._title_valid(batch), patches,
+                               patch_valid, train=False)
     return self._vector(h, mask)
 
   # -- training -------------------------------------------------------------------------------
@@ -187,74 +200,163 @@ class PretrainModel(nn.Module):
       return batch['patch_features'].astype(jnp.float32)
     return masking.patch_colour_features(jnp.asarray(batch['image']), c.patch_size, c.mpm_grid)
 
+  def _active(self, task: str) -> bool:
+    """Whether `task`'s outputs are computed. init always builds every parameter, so that the
+    parameter tree (checkpoints, serving, the optimizer) does not depend on the loss weights."""
+    return task in self.tasks or self.is_initializing()
+
+  def _mask_patches(self, patches, patch_valid, train):
+    """(patches with [MASK] patch embeddings [B, P, D], MPM positions int [B, M], weights [B, M])."""
+    c = self.config
+    if not train:
+      p_pos = jnp.zeros((patches.shape[0], c.mpm_max_predictions), jnp.int32)
+      return patches, p_pos, p_pos.astype(jnp.float32)
+    p_pos, p_w, p_masked = masking.mask_patches(
+        self.make_rng('masking'), patch_valid, prob=c.mpm_prob,
+        max_predictions=c.mpm_max_predictions)
+    return jnp.where(p_masked[..., None], self.mask_patch.astype(patches.dtype), patches), p_pos, p_w
+
+  def _item_patches(self, batch, neg):
+    """Patch embeddings [B, P, D] + validity [B, P] of the batch's items and, with judged
+    negatives `neg`, of theirs [B*H, P, D] (one image-encoder call for both), else None."""
+    if not neg:
+      return self._patches(batch), None
+    b = batch['title_tokens'].shape[0]
+    keys = [k for k in ('image', 'patch_features', 'image_present') if k in batch]
+    patches, valid = self._patches({k: jnp.concatenate([batch[k], neg[k]]) for k in keys})
+    return (patches[:b], valid[:b]), (patches[b:], valid[b:])
+
+  def _query_and_qim2(self, q_in, q_mask, cls_tokens, patches, patch_valid, train):
+    """The query pass and QIM2's title-less item pass, packed into one encoder call.
+
+    Each row is [query (Lq) | [CLS] patches (1 + P)] with a block-diagonal attention mask, and
+    each part keeps its own positions and types, so every token sees exactly what it sees in
+    the separate passes, with no padding added (model.share_calls).
+    -> (q_h [B, Lq, D], q_mask), (i2_h [B, 1 + P, D], i2_mask bool [B, 1 + P]).
+    """
+    b, lq = q_in.shape
+    n = patches.shape[1]
+    emb = self.encoder.embed_tokens(jnp.concatenate([q_in, cls_tokens], axis=1))
+    x = jnp.concatenate([emb, patches.astype(emb.dtype)], axis=1)
+    types = jnp.concatenate([jnp.zeros((lq + 1,), jnp.int32), jnp.ones((n,), jnp.int32)])
+    positions = jnp.concatenate([jnp.arange(lq), jnp.arange(1), jnp.arange(n)])
+    segment = jnp.arange(lq + 1 + n) >= lq
+    valid = jnp.concatenate([q_mask, jnp.ones((b, 1), bool), patch_valid], axis=1)
+    pairs = (segment[:, None] == segment[None, :])[None] & valid[:, None, :]  # [B, L, L]
+    shape = x.shape[:2]
+    h = self.encoder(x, jnp.broadcast_to(types, shape), pairs,
+                     positions=jnp.broadcast_to(positions, shape), train=train)
+    return (h[:, :lq], q_mask), (h[:, lq:], valid[:, lq:])
+
+  def _passes(self, batch, q_in, t_in, train):
+    """Every encoder pass of a step -> ({name: (hidden [R, L, D], mask [R, L])}, MPM positions
+    [B, M], MPM weights [B, M]) for 'query', 'item' (masked inputs for MLM/MPM), 'qim2' ([CLS]
+    + patches, the title removed; when QIM2 is active) and 'neg' (the judged negatives
+    [B*H], when the batch has them).
+
+    With model.share_calls the shared encoder runs twice whatever the tasks: query + QIM2
+    packed (`_query_and_qim2`), item + judged negatives concatenated along the batch (the same
+    length). XLA then compiles two layer stacks instead of up to four.
+    """
+    neg = {k[len('neg_'):]: v for k, v in batch.items() if k.startswith('neg_')}
+    (patches, patch_valid), neg_patches = self._item_patches(batch, neg)
+    masked, p_pos, p_w = self._mask_patches(patches, patch_valid, train and self._active('mpm'))
+    q_mask = batch['query_mask']
+    share = self.config.share_calls
+    passes = {}
+    if share and self._active('qim2'):
+      passes['query'], passes['qim2'] = self._query_and_qim2(
+          q_in, q_mask, batch['title_tokens'][:, :1], patches, patch_valid, train)
+    else:
+      passes['query'] = (self._query_tower(q_in, q_mask, train), q_mask)
+      if self._active('qim2'):
+        passes['qim2'] = self._item_tower(batch['title_tokens'], self._title_valid(batch),
+                                          patches, patch_valid, train, with_title=False)
+    rows = {'item': (t_in, self._title_valid(batch), masked, patch_valid)}
+    if neg:
+      rows['neg'] = (neg['title_tokens'], self._title_valid(neg), *neg_patches)
+    if share and neg:
+      h, mask = self._item_tower(*[jnp.concatenate(parts) for parts in zip(*rows.values())],
+                                 train)
+      b = t_in.shape[0]
+      passes['item'], passes['neg'] = (h[:b], mask[:b]), (h[b:], mask[b:])
+    else:
+      passes.update({name: self._item_tower(*parts, train) for name, parts in rows.items()})
+    return passes, p_pos, p_w
+
   def __call__(self, batch, train: bool = False):
     c = self.config
     out = {}
-    # Query tower (+ query MLM).
-    q_tokens, q_mask = batch['query_tokens'], batch['query_mask']
-    q_in, q_pos, q_labels, q_w = self._mask_text(q_tokens, q_mask,
-                                                 c.mlm_max_predictions_query, train)
-    q_h = self._query_tower(q_in, q_mask, train)
-
-    # Item tower (+ title MLM, MPM).
-    t_tokens = batch['title_tokens']
-    t_in, t_pos, t_labels, t_w = self._mask_text(t_tokens, batch['title_mask'],
-                                                 c.mlm_max_predictions_title, train)
-    patches, patch_valid = self._patches(batch)
-    if train:
-      p_pos, p_w, p_masked = masking.mask_patches(
-          self.make_rng('masking'), patch_valid, prob=c.mpm_prob,
-          max_predictions=c.mpm_max_predictions)
-      masked_patches = jnp.where(p_masked[..., None], self.mask_patch.astype(patches.dtype),
-                                 patches)
-    else:
-      p_pos = jnp.zeros((patches.shape[0], c.mpm_max_predictions), jnp.int32)
-      p_w = p_pos.astype(jnp.float32)
-      masked_patches = patches
-    i_h, i_mask = self._item_tower(batch, t_in, masked_patches, patch_valid, train)
-
+    # Inputs masked for MLM (query, title) and MPM (patches) when those tasks are active.
+    q_in, q_pos, q_labels, q_w = self._mask_text(
+        batch['query_tokens'], batch['query_mask'], c.mlm_max_predictions_query,
+        train and self._active('mlm_query'))
+    t_in, t_pos, t_labels, t_w = self._mask_text(batch['title_tokens'], batch['title_mask'],
+                                                 c.mlm_max_predictions_title,
+                                                 train and self._active('mlm_title'))
+    passes, p_pos, p_w = self._passes(batch, q_in, t_in, train)
+    (q_h, q_mask), (i_h, i_mask) = passes['query'], passes['item']
     out['query_vec'] = self._vector(q_h, q_mask)
     out['item_vec'] = self._vector(i_h, i_mask)
 
     # MLM / MPM at the gathered positions only ([B, P, V] logits, never [B, L, V]).
-    lt = t_tokens.shape[1]
-    out['mlm_query_logits'] = self.mlm_query(heads.gather_positions(q_h, q_pos),
-                                             self.encoder.attend)
-    out['mlm_query_labels'], out['mlm_query_weights'] = q_labels, q_w
-    out['mlm_title_logits'] = self.mlm_title(heads.gather_positions(i_h, t_pos),
-                                             self.encoder.attend)
-    out['mlm_title_labels'], out['mlm_title_weights'] = t_labels, t_w
-    out['mpm_log_probs'] = self.mpm(heads.gather_positions(i_h, p_pos + lt))
-    target_feats = heads.gather_positions(self._mpm_features(batch), p_pos)
-    out['mpm_targets'] = masking.soft_targets(target_feats, self.mpm_codebook(),
-                                              c.mpm_temperature)
-    out['mpm_weights'] = p_w
+    if self._active('mlm_query'):
+      out['mlm_query_logits'] = self.mlm_query(heads.gather_positions(q_h, q_pos),
+                                               self.encoder.attend)
+      out['mlm_query_labels'], out['mlm_query_weights'] = q_labels, q_w
+    if self._active('mlm_title'):
+      out['mlm_title_logits'] = self.mlm_title(heads.gather_positions(i_h, t_pos),
+                                               self.encoder.attend)
+      out['mlm_title_labels'], out['mlm_title_weights'] = t_labels, t_w
+    if self._active('mpm'):
+      lt = batch['title_tokens'].shape[1]
+      out['mpm_log_probs'] = self.mpm(heads.gather_positions(i_h, p_pos + lt))
+      target_feats = heads.gather_positions(self._mpm_features(batch), p_pos)
+      out['mpm_targets'] = masking.soft_targets(target_feats, self.mpm_codebook(),
+                                                c.mpm_temperature)
+      out['mpm_weights'] = p_w
 
-    # QIC.
+    # QIC (always: its vectors also pick QIM's hard negatives).
     out['qic_query'] = self.qic(heads.pool(q_h, q_mask, c.pooling))
     out['qic_item'] = self.qic(heads.pool(i_h, i_mask, c.pooling))
-    if 'neg_title_tokens' in batch:
-      # Judged-irrelevant items of each row's query [B * H] (mmret/jobs/pretrain/data.py):
-      # unmasked, through the same item tower, into the QIC space only.
-      neg = {k[len('neg_'):]: v for k, v in batch.items() if k.startswith('neg_')}
-      n_patches, n_valid = self._patches(neg)
-      n_h, n_mask = self._item_tower(neg, neg['title_tokens'], n_patches, n_valid, train)
-      out['qic_negatives'] = self.qic(heads.pool(n_h, n_mask, c.pooling))
+    if 'neg' in passes:  # judged-irrelevant items of each row's query, QIC space only
+      out['qic_negatives'] = self.qic(heads.pool(*passes['neg'], c.pooling))
+    out.update(self._qim(batch, q_h, q_mask, passes, out, train))
+    return out
 
-    # QIM / QIM2 against the hardest in-batch negative under QIC similarity.
+  def _qim(self, batch, q_h, q_mask, passes, out, train):
+    """QIM / QIM2 outputs against the hardest in-batch negative under QIC similarity."""
+    matched = [name for name in ('qim', 'qim2') if self._active(name)]
+    if not matched:
+      return {}
     pos_mask = negatives.positive_mask(batch['item_index'], batch.get('query_index'))
     neg = negatives.hardest_negative(out['qic_query'] @ out['qic_item'].T, pos_mask)
-    out['qim_negative'] = neg
-    out['qim_weights'] = negatives.has_negative(pos_mask).astype(jnp.float32)
-    b = q_tokens.shape[0]
+    b = q_h.shape[0]
+    res = {'qim_negative': neg,
+           'qim_weights': negatives.has_negative(pos_mask).astype(jnp.float32)}
+    items = {'qim': passes['item'], 'qim2': passes.get('qim2')}
+    if self.config.share_calls and len(matched) > 1:
+      # One cross-encoder call over 4B pairs: QIM2's shorter items are padded with masked
+      # slots to the item length (the cross encoder has no position embeddings, and masked
+      # keys are never attended to, so their values change nothing).
+      length = max(items[name][0].shape[1] for name in matched)
+      pad = lambda x: jnp.pad(x, [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+      i_h = jnp.concatenate([pad(h) for name in matched for h in (items[name][0],
+                                                                  items[name][0][neg])])
+      i_m = jnp.concatenate([pad(m) for name in matched for m in (items[name][1],
+                                                                  items[name][1][neg])])
+      k = 2 * len(matched)
+      logits = self.qim(self.cross(jnp.concatenate([q_h] * k), jnp.concatenate([q_mask] * k),
+                                   i_h, i_m, train=train))
+      for j, name in enumerate(matched):
+        res[f'{name}_logits'] = jnp.stack([logits[2 * j * b:(2 * j + 1) * b],
+                                           logits[(2 * j + 1) * b:(2 * j + 2) * b]], axis=-1)
+    else:
+      for name in matched:
+        res[f'{name}_logits'] = self._match(q_h, q_mask, *items[name], neg, train)
     labels = jnp.broadcast_to(jnp.asarray([1.0, 0.0], jnp.float32), (b, 2))
-    out['qim_logits'] = self._match(q_h, q_mask, i_h, i_mask, neg, train)
-    out['qim_labels'] = labels
-    i2_h, i2_mask = self._item_tower(batch, t_tokens, patches, patch_valid, train,
-                                     with_title=False)
-    out['qim2_logits'] = self._match(q_h, q_mask, i2_h, i2_mask, neg, train)
-    out['qim2_labels'] = labels
-    return out
+    res.update({f'{name}_labels': labels for name in matched})
+    return res
 
   def _match(self, q_h, q_mask, i_h, i_mask, neg, train):
     """Logits [B, 2]: (query, own item) and (query, item[neg]); one cross pass over 2B pairs."""

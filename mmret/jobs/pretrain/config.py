@@ -29,6 +29,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       'model.text_init': model_config.TEXT_INITS,
       'loss.qic': objective.QIC_VARIANTS,
       'data.positives': positives.CHOICES,
+      'optim.mu_dtype': ('', 'float32', 'bfloat16'),
   })
   select = config.get('select')
   if select is not None:

@@ -16,6 +16,7 @@ from mmret.data import validation
 from mmret.encoders import bert_import
 from mmret.towers import masking
 from mmret.towers.pretrain import PretrainModel
+from mmret.towers.pretrain import TASKS
 from mmret.towers.pretrain import set_codebook
 from mmret.train import runner as runner_lib
 from mmret.train import state as state_lib
@@ -26,8 +27,18 @@ RNG_STREAMS = ('dropout', 'masking')
 
 def build_model(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData
                 ) -> PretrainModel:
+  """The model, computing only the tasks the loss weighs (`active_tasks`)."""
   return PretrainModel(config.model, vocab_size=data.tokenizer.vocab_size,
-                       mask_token_id=data.tokenizer.mask_id)
+                       mask_token_id=data.tokenizer.mask_id,
+                       tasks=active_tasks(config.loss.weights, switched_off(config, data)))
+
+
+def active_tasks(weights, off: tuple[str, ...] = ()) -> tuple[str, ...]:
+  """The tasks a train step computes: weight > 0 and not switched off; QIC always (its vectors
+  are the retrieval vectors and pick QIM's hard negatives). A task with weight 0 costs nothing:
+  no masking of its inputs, no pass, no head (e.g. the two-tower mode, QIC only)."""
+  return tuple(name for name in TASKS
+               if name == 'qic' or (weights[name] > 0 and name not in off))
 
 
 @dataclasses.dataclass
@@ -58,13 +69,20 @@ def effective_loss(config: ml_collections.ConfigDict, data: prepare_lib.Prepared
   patch to predict; QIM2 would compare [CLS]-only items: a constant loss). A copy: the config
   itself is never edited. Says so in one line."""
   loss = ml_collections.ConfigDict(config.loss.to_dict())
-  if not has_images(data):
-    off = [name for name in IMAGE_TASKS if loss.weights[name] > 0]
-    for name in off:
-      loss.weights[name] = 0.0
-    if off:
-      info(f'no item has an image: {", ".join(off)} switched off (nothing for them to learn)')
+  off = switched_off(config, data)
+  for name in off:
+    loss.weights[name] = 0.0
+  if off:
+    info(f'no item has an image: {", ".join(off)} switched off (nothing for them to learn)')
   return loss
+
+
+def switched_off(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData
+                 ) -> tuple[str, ...]:
+  """The weighted image tasks, when no item has an image; else ()."""
+  if has_images(data):
+    return ()
+  return tuple(name for name in IMAGE_TASKS if config.loss.weights[name] > 0)
 
 
 def fit_codebook(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData):

@@ -66,22 +66,26 @@ def pretrain_objective(out, batch, loss: ml_collections.ConfigDict):
   valid = contrastive.similarity_valid_mask(batch['item_index'], batch.get('query_index'))
   valid = valid & rows[None, :] & rows[:, None] | jnp.eye(valid.shape[0], dtype=bool)
   qim_rows = rows & (out.get('qim_weights', jnp.ones_like(rows, jnp.float32)) > 0)
-  per_example = {
-      'mlm_query': (token.masked_lm(out['mlm_query_logits'], out['mlm_query_labels'],
-                                    out['mlm_query_weights']),
-                    rows & (out['mlm_query_weights'].sum(-1) > 0)),
-      'mlm_title': (token.masked_lm(out['mlm_title_logits'], out['mlm_title_labels'],
-                                    out['mlm_title_weights']),
-                    rows & (out['mlm_title_weights'].sum(-1) > 0)),
-      'mpm': (token.masked_patch_kl(out['mpm_log_probs'], out['mpm_targets'], out['mpm_weights']),
-              rows & (out['mpm_weights'].sum(-1) > 0)),
-      'qic': (qic_per_example(out['qic_query'], out['qic_item'], valid, loss,
-                             batch.get('item_log_q') if loss.logq_correction else None,
-                             *_judged(out, batch, rows)), rows),
+  # A task the model did not compute (its weight is 0: PretrainModel.tasks) has no outputs and
+  # no loss; QIC is always computed.
+  per_example = {}
+  for name in ('mlm_query', 'mlm_title'):
+    if f'{name}_logits' in out:
+      per_example[name] = (
+          token.masked_lm(out[f'{name}_logits'], out[f'{name}_labels'], out[f'{name}_weights']),
+          rows & (out[f'{name}_weights'].sum(-1) > 0))
+  if 'mpm_log_probs' in out:
+    per_example['mpm'] = (
+        token.masked_patch_kl(out['mpm_log_probs'], out['mpm_targets'], out['mpm_weights']),
+        rows & (out['mpm_weights'].sum(-1) > 0))
+  per_example['qic'] = (qic_per_example(
+      out['qic_query'], out['qic_item'], valid, loss,
+      batch.get('item_log_q') if loss.logq_correction else None, *_judged(out, batch, rows)), rows)
+  for name in ('qim', 'qim2'):
+    if f'{name}_logits' in out:
       # Rows whose batch holds no other item have no hard negative (qim_weights = 0).
-      'qim': (contrastive.qim_bce(out['qim_logits'], out['qim_labels']), qim_rows),
-      'qim2': (contrastive.qim_bce(out['qim2_logits'], out['qim2_labels']), qim_rows),
-  }
+      per_example[name] = (contrastive.qim_bce(out[f'{name}_logits'], out[f'{name}_labels']),
+                           qim_rows)
   metrics, total = {}, 0.0
   for name, (values, mask) in per_example.items():
     value = masked_average(values, mask)
@@ -92,6 +96,7 @@ def pretrain_objective(out, batch, loss: ml_collections.ConfigDict):
   sims = jnp.where(valid, sims, -jnp.inf)
   metrics['train/qic_accuracy'] = masked_average(
       jnp.argmax(sims, axis=1) == jnp.arange(sims.shape[0]), rows)
-  metrics['train/qim_accuracy'] = masked_average(
-      (out['qim_logits'][:, 0] > out['qim_logits'][:, 1]), rows)
+  if 'qim_logits' in out:
+    metrics['train/qim_accuracy'] = masked_average(
+        (out['qim_logits'][:, 0] > out['qim_logits'][:, 1]), rows)
   return total, metrics
