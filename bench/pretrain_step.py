@@ -19,7 +19,9 @@ so what is timed is what `python -m mmret.launch` runs. Reported (JSON, also pri
   utilisation              xla_flops_per_step / devices / step time (device-resident) /
                            --peak_tflops (null without a peak)
   padding_fraction         padding share of the query + title token slots of the timed batches
-  pipeline_examples_per_sec  the host input pipeline alone (no device transfer, no step)
+  pipeline_examples_per_sec  the host input pipeline alone (no device transfer, no step); it
+                           runs in the calling thread (no Grain workers), so this is the rate
+                           of one host core (`host_cores` says how many the host has)
 
   python bench/pretrain_step.py --config configs/pretrain.py:base --batch_size 8 --steps 3 \
       --out /tmp/base.json --config.data.tokenizer=train --config.data.synthshop_size=small \
@@ -35,6 +37,7 @@ import ast
 import functools
 import json
 import math
+import os
 import pathlib
 import platform
 import sys
@@ -219,6 +222,7 @@ def measure(config, args) -> dict[str, Any]:
                         if peak else None),
         'padding_fraction': padding_fraction([first, *fed]),
         'pipeline_examples_per_sec': pipeline_rate(train, args.pipeline_batches, batch_size),
+        'host_cores': os.cpu_count(),
         'loss': float(metrics['loss/total']),
     }
 
