@@ -43,7 +43,7 @@ def validation_queries(dataset: records.Dataset, share: float, salt: str = SALT,
   for x, split in zip(dataset.interactions, dataset.splits()):
     if split == 'eval':
       evaluated.add(x.query)
-    elif x.positive:
+    elif dataset.positive(x):
       train.add(x.query)
   candidates = sorted(train - evaluated, key=lambda q: (query_fraction(q, salt), q))
   if not share:
