@@ -127,3 +127,32 @@ def test_selector_rejects_an_unknown_metric():
     selector.start({})
   assert math.isnan(selector.results()['select/best_score'])
   np.testing.assert_equal(selector.results()['select/best_step'], 0.0)
+
+
+def test_selection_survives_a_resumed_run(tmp_path):
+  scores = {0: 0.5, 1: 0.6, 2: 0.9, 3: 0.7, 4: 0.8}
+  validate = lambda p: {'recall@10': scores[int(p['w'])]}
+  state = lambda step: _State(params={'w': jnp.array(step)})
+
+  def selector():
+    s = selection.Selector(validate, metric='recall@10', every=1, num_steps=4,
+                           directory=tmp_path / 'selection')
+    s.start({'w': jnp.array(0)})
+    return s
+
+  first = selector()
+  for step in (1, 2, 3):  # killed after step 3; the train checkpoint is of step 2
+    first(step, state(step))
+  saved = selection.Store(tmp_path / 'selection').load()
+  assert saved['best_step'] == 2 and saved['history'][-1] == [3, 0.7]
+  resumed = selector()
+  for step in (3, 4):
+    final = resumed(step, state(step))
+  # Step 2, validated before the kill, is still the best, and its parameters come back.
+  assert resumed.history == [(0, 0.5), (1, 0.6), (2, 0.9), (3, 0.7), (4, 0.8)]
+  assert resumed.best_step == 2 and int(final.params['w']) == 2
+  # A fresh run in the same directory starts over.
+  fresh = selector()
+  fresh(1, state(1))
+  assert fresh.history == [(0, 0.5), (1, 0.6)] and fresh.best_step == 1
+  assert selection.Store(tmp_path / 'selection').load()['best_step'] == 1
