@@ -33,7 +33,7 @@ def test_any_numeric_grade_is_read(tmp_path):
   d = records.load_dataset(root)
   assert [x.relevance for x in d.interactions] == [0.0, 1.0, 2.0, 3.0, 4.0, 0.25]
   # Default threshold 1: grades 0 and 0.25 are judged irrelevant, never positives.
-  assert [x.positive for x in d.interactions] == [False, True, True, True, True, False]
+  assert [d.positive(x) for x in d.interactions] == [False, True, True, True, True, False]
 
 
 def test_label_vocabulary_and_threshold(tmp_path):
@@ -41,7 +41,10 @@ def test_label_vocabulary_and_threshold(tmp_path):
           for label in ('Exact', 'Substitute', 'Complement', 'Irrelevant')]
   d = records.load_dataset(_write(tmp_path / 'd', rows), relevance=ESCI)
   assert [x.relevance for x in d.interactions] == [3.0, 2.0, 1.0, 0.0]
-  assert [x.positive for x in d.interactions] == [True, True, False, False]
+  assert [d.positive(x) for x in d.interactions] == [True, True, False, False]
+  # The threshold is the dataset's, not a copy in every record.
+  assert d.relevance == ESCI and d.judged_irrelevant(d.interactions[2])
+  assert evalset.build_eval_set(d, split='train').relevant_threshold == 2.0
 
 
 @pytest.mark.parametrize('bad, what', [
@@ -71,11 +74,12 @@ def test_unknown_label_lists_the_configured_ones(tmp_path):
 
 def test_grades_decide_positives_over_clicks():
   judged = records.Interaction('q', 'x1', click=True, relevance=0.0)
-  assert not judged.positive  # a click on an item judged irrelevant is not a target
-  assert records.Interaction('q', 'x1', click=True, relevance=2.0).positive
-  assert not records.Interaction('q', 'x1', click=False, relevance=2.0).positive
-  assert records.Interaction('q', 'x1', relevance=0.5, relevant_threshold=0.5).positive
-  assert records.Interaction('q', 'x1').positive  # no label at all: still a positive pair
+  assert not judged.positive(1.0)  # a click on an item judged irrelevant is not a target
+  assert records.Interaction('q', 'x1', click=True, relevance=2.0).positive(1.0)
+  assert not records.Interaction('q', 'x1', click=False, relevance=2.0).positive(1.0)
+  assert records.Interaction('q', 'x1', relevance=0.5).positive(0.5)
+  assert not records.Interaction('q', 'x1', relevance=0.5).positive(1.0)
+  assert records.Interaction('q', 'x1').positive(1.0)  # no label at all: a positive pair
 
 
 def test_relevance_scale_from_config():

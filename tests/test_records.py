@@ -38,15 +38,15 @@ def test_fixture_values(dataset):
 
 def test_split_rule_and_positives(dataset, tmp_path):
   assert dataset.splits() == ['train'] * 9 + ['eval'] * 7  # day 2 is the last day
-  assert [x.positive for x in dataset.interactions[:5]] == [True, False, True, True, False]
+  assert [dataset.positive(x) for x in dataset.interactions[:5]] == [True, False, True, True, False]
   d = records.Dataset(root=tmp_path, items=dataset.items, queries={}, context_names=(),
                       interactions=[records.Interaction('q', 'a1', split='eval', day=0),
                                     records.Interaction('q', 'a1', day=1),
                                     records.Interaction('q', 'a1', day=0),
                                     records.Interaction('q', 'a1')])
   assert d.splits() == ['eval', 'eval', 'train', 'train']
-  assert records.Interaction('q', 'a1').positive  # no label at all: a positive pair
-  assert not records.Interaction('q', 'a1', engaged=False).positive
+  assert records.Interaction('q', 'a1').positive(1.0)  # no label at all: a positive pair
+  assert not records.Interaction('q', 'a1', engaged=False).positive(1.0)
 
 
 def test_eval_set(dataset):

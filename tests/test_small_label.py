@@ -40,7 +40,7 @@ def test_grades_are_the_attribute_grades(judged_dir):
   for x in d.interactions:
     expected = relevance.grade(d.queries[x.query].attributes, items[x.item_id].attributes)
     assert x.relevance == expected
-    assert x.positive == (expected >= 1)                  # no clicks: grades decide
+    assert d.positive(x) == (expected >= 1)                  # no clicks: grades decide
 
 
 def test_eval_targets_are_the_relevant_judgements(judged_dir):

@@ -100,7 +100,7 @@ def test_pretrain_pairs_values(data):
       np.testing.assert_array_equal(b['image'][r], items[item]['image'])
       assert b['image_present'][r] == (ds.items[item].image is not None)
   expected = [(x.query, x.item_id) for x, s in zip(ds.interactions, ds.splits())
-              if s == 'train' and x.positive]
+              if s == 'train' and ds.positive(x)]
   assert sorted(seen) == sorted(expected)
   assert ('白色连衣裙', 'a3') in seen and ('sneakers', 'a4') in seen
   assert batches[1]['valid'].tolist() == [True, True, False, False]

@@ -2,7 +2,7 @@
 
 DESIGN.md §5: the eval data is the day after the training days (records.Dataset.splits). Per
 distinct eval query, every item clicked or purchased that day, by any user on any page, is a
-target (a pair judged irrelevant never is: records.Interaction.positive). Relevance grades come
+target (a pair judged irrelevant never is: records.Dataset.positive). Relevance grades come
 from attributes where both the query and the item carry them (mmret.data.relevance: 2 exact, 1
 same category, 0 irrelevant) and otherwise from the graded `relevance` labels logged in
 interactions.jsonl; a pair with neither is -1 (unknown), so metrics can leave it out instead of
@@ -170,7 +170,7 @@ def build_eval_set(dataset: records.Dataset, *, split: str = 'eval',
   """Collects the eval-day targets per query (all users' clicks and purchases, DESIGN.md §5).
 
   An interaction is a target when it is on the eval split and positive
-  (records.Interaction.positive: clicked or bought; engaged or unlabelled as fallbacks).
+  (records.Dataset.positive: clicked or bought; engaged or unlabelled as fallbacks).
   split / queries: the same over another split, restricted to these queries (the validation
   set carved from the training queries, mmret.data.validation).
   """
@@ -181,7 +181,7 @@ def build_eval_set(dataset: records.Dataset, *, split: str = 'eval',
     if s != split or (queries is not None and x.query not in queries):
       continue
     pages.setdefault(x.query, set()).add(page)
-    if x.positive:
+    if dataset.positive(x):
       found.setdefault(x.query, set()).add(index[x.item_id])
 
   names = [q for q in pages if q in found]  # dict order = first appearance
@@ -207,7 +207,6 @@ def build_eval_set(dataset: records.Dataset, *, split: str = 'eval',
       item_has_attributes=np.array([bool(it.attributes) for it in dataset.items], bool),
       label_keys=label_keys,
       label_values=label_values,
-      relevant_threshold=(dataset.interactions[0].relevant_threshold if dataset.interactions
-                          else records.DEFAULT_RELEVANT_THRESHOLD),
+      relevant_threshold=dataset.relevance.threshold,
       top_grade=max((x.relevance for x in dataset.interactions if x.relevance is not None),
                     default=0.0))

@@ -30,9 +30,9 @@ def judged_negatives(dataset: records.Dataset, queries: Sequence[str]) -> list[n
     q = position.get(x.query)
     if q is None:
       continue
-    if x.positive or (x.relevance is not None and not x.judged_irrelevant):
+    if dataset.positive(x) or (x.relevance is not None and not dataset.judged_irrelevant(x)):
       relevant.setdefault(q, set()).add(index[x.item_id])
-    elif x.judged_irrelevant and split == 'train':
+    elif dataset.judged_irrelevant(x) and split == 'train':
       irrelevant.setdefault(q, set()).add(index[x.item_id])
   return [np.array(sorted(irrelevant.get(q, set()) - relevant.get(q, set())), np.int64)
           for q in range(len(queries))]

@@ -81,7 +81,7 @@ def pretrain_pairs(builder: tfds.core.DatasetBuilder, tokenizer: tokenizer_lib.T
   a query_index in exclude_queries (held out for validation) are left out, and with only_pairs
   every (query_index, item_index) not in it (mmret.data.positives).
 
-  Positives are records.Interaction.positive (clicked or bought; with no labels at all, every
+  Positives are records.Dataset.positive (clicked or bought; with no labels at all, every
   interaction). Batch: query_tokens/query_mask [B, Lq], title_tokens/title_mask [B, Lt],
   image uint8 [B, S, S, 3], image_present, text_present bool [B], query_index (into the
   `queries` split; -1 for an eval query unseen in train), item_index int32 [B], context [B, C],

@@ -2,7 +2,7 @@
 
 DESIGN.md §1: the source pre-trains on the most-clicked item of each query; mmret's default
 takes every clicked (or bought, or relevant-judged) pair. `data.positives` selects:
-  'all'           every positive interaction of the train split (records.Interaction.positive)
+  'all'           every positive interaction of the train split (records.Dataset.positive)
   'most_clicked'  per train query, only the pairs of its item with the most positive train
                   interactions (ties: the lower catalog index), as in the source
 """
@@ -21,7 +21,7 @@ def most_clicked_pairs(dataset: records.Dataset, queries: Sequence[str]
   position = {q: i for i, q in enumerate(queries)}
   counts: dict[int, dict[int, int]] = {}
   for x, split in zip(dataset.interactions, dataset.splits()):
-    if split == 'train' and x.positive and x.query in position:
+    if split == 'train' and dataset.positive(x) and x.query in position:
       per_item = counts.setdefault(position[x.query], {})
       per_item[index[x.item_id]] = per_item.get(index[x.item_id], 0) + 1
   # max over (count, -item): the most clicked, then the lowest index.

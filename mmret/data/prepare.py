@@ -64,7 +64,7 @@ class PreparedData:
     """Raises DataError (before any training) when no train interaction is a positive (or an
     engaged impression): every job learns from those, and would fail late or learn nothing."""
     splits = self.dataset.splits()
-    if not any(split == 'train' and (x.positive or x.engaged)
+    if not any(split == 'train' and (self.dataset.positive(x) or x.engaged)
                for x, split in zip(self.dataset.interactions, splits)):
       n_train = splits.count('train')
       raise records.DataError(
@@ -82,7 +82,7 @@ class PreparedData:
     index = self.dataset.item_index()
     counts = np.ones(self.num_items, np.float64)
     for x, split in zip(self.dataset.interactions, self.dataset.splits()):
-      if split == 'train' and x.positive:
+      if split == 'train' and self.dataset.positive(x):
         counts[index[x.item_id]] += 1
     return np.log(counts / counts.sum()).astype(np.float32)
 

@@ -39,6 +39,35 @@ class DataError(ValueError):
     self.path, self.line, self.field = str(path), line, field
 
 
+@dataclasses.dataclass(frozen=True)
+class RelevanceScale:
+  """How `relevance` values read: numbers as they are, strings through `labels`.
+
+  labels: label -> grade, e.g. {'Exact': 3, 'Substitute': 2, 'Complement': 1, 'Irrelevant': 0}
+    (config data.relevance.labels); empty = only numeric grades are accepted.
+  threshold: a grade >= threshold is relevant; below it the pair is judged irrelevant and is
+    never a positive (config data.relevance.threshold).
+  """
+  labels: tuple[tuple[str, float], ...] = ()
+  threshold: float = DEFAULT_RELEVANT_THRESHOLD
+
+  def grade(self, value, where, field) -> float:
+    """A JSON value -> its grade >= 0, or DataError naming file, line and field."""
+    if isinstance(value, str):
+      labels = dict(self.labels)
+      if value not in labels:
+        known = f'known labels: {", ".join(labels)}' if labels else 'no labels are configured'
+        raise DataError(*where, field, f'unknown relevance label {json.dumps(value)} ({known}; '
+                        'map labels to grades with config key data.relevance.labels)')
+      return labels[value]
+    # bool is an int in Python, and JSON NaN / Infinity parse as floats: none of them is a grade.
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+        or not math.isfinite(value) or value < 0):
+      raise DataError(*where, field, 'expected a finite grade >= 0 or a configured label, got '
+                      f'{json.dumps(value)}')
+    return float(value)
+
+
 @dataclasses.dataclass
 class Item:
   """One catalog item. Absent modalities: description '', category/image None, context {}."""
@@ -65,23 +94,21 @@ class Interaction:
   relevance: float | None = None      # judged grade >= 0 (a label already mapped to its number)
   day: int | None = None
   split: str | None = None            # 'train' | 'eval'
-  # The grade from which a judged pair is relevant (RelevanceScale.threshold, set by the loader).
-  relevant_threshold: float = dataclasses.field(default=DEFAULT_RELEVANT_THRESHOLD, repr=False)
 
-  @property
-  def judged_irrelevant(self) -> bool:
-    """A relevance grade was given and it is below the relevant threshold."""
-    return self.relevance is not None and self.relevance < self.relevant_threshold
+  def judged_irrelevant(self, threshold: float) -> bool:
+    """A relevance grade was given and it is below `threshold` (the dataset's
+    RelevanceScale.threshold: use Dataset.judged_irrelevant)."""
+    return self.relevance is not None and self.relevance < threshold
 
-  @property
-  def positive(self) -> bool:
-    """Never when judged irrelevant; else clicked or bought; without those labels, engaged;
-    with no label but a relevant grade, or with no label at all, True.
+  def positive(self, threshold: float) -> bool:
+    """Never when judged irrelevant at `threshold`; else clicked or bought; without those
+    labels, engaged; with no label but a relevant grade, or with no label at all, True
+    (Dataset.positive gives the dataset's threshold).
 
     Grades decide first: a click on an item judged irrelevant is noise, not a target. A log of
     bare (query, item) pairs is a list of positives, so an interaction without labels counts.
     """
-    if self.judged_irrelevant:
+    if self.judged_irrelevant(threshold):
       return False
     if self.click is not None or self.purchase is not None:
       return bool(self.click) or bool(self.purchase)
@@ -105,6 +132,16 @@ class Dataset:
   interactions: list[Interaction]
   queries: dict[str, QueryInfo]       # may be empty
   context_names: tuple[str, ...]      # sorted union of the items' context keys
+  # How grades read and from which grade a judged pair is relevant: one scale per dataset.
+  relevance: RelevanceScale = RelevanceScale()
+
+  def positive(self, x: Interaction) -> bool:
+    """Interaction.positive at this dataset's relevant threshold."""
+    return x.positive(self.relevance.threshold)
+
+  def judged_irrelevant(self, x: Interaction) -> bool:
+    """Interaction.judged_irrelevant at this dataset's relevant threshold."""
+    return x.judged_irrelevant(self.relevance.threshold)
 
   def item_index(self) -> dict[str, int]:
     """item_id -> catalog index."""
@@ -165,35 +202,6 @@ def _flag(value, where, field):
   if isinstance(value, int) and value in (0, 1):
     return bool(value)
   raise DataError(*where, field, f'expected true/false or 0/1, got {json.dumps(value)}')
-
-
-@dataclasses.dataclass(frozen=True)
-class RelevanceScale:
-  """How `relevance` values read: numbers as they are, strings through `labels`.
-
-  labels: label -> grade, e.g. {'Exact': 3, 'Substitute': 2, 'Complement': 1, 'Irrelevant': 0}
-    (config data.relevance.labels); empty = only numeric grades are accepted.
-  threshold: a grade >= threshold is relevant; below it the pair is judged irrelevant and is
-    never a positive (config data.relevance.threshold).
-  """
-  labels: tuple[tuple[str, float], ...] = ()
-  threshold: float = DEFAULT_RELEVANT_THRESHOLD
-
-  def grade(self, value, where, field) -> float:
-    """A JSON value -> its grade >= 0, or DataError naming file, line and field."""
-    if isinstance(value, str):
-      labels = dict(self.labels)
-      if value not in labels:
-        known = f'known labels: {", ".join(labels)}' if labels else 'no labels are configured'
-        raise DataError(*where, field, f'unknown relevance label {json.dumps(value)} ({known}; '
-                        'map labels to grades with config key data.relevance.labels)')
-      return labels[value]
-    # bool is an int in Python, and JSON NaN / Infinity parse as floats: none of them is a grade.
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-        or not math.isfinite(value) or value < 0):
-      raise DataError(*where, field, 'expected a finite grade >= 0 or a configured label, got '
-                      f'{json.dumps(value)}')
-    return float(value)
 
 
 def _split(value, where, field):
@@ -349,7 +357,7 @@ def load_dataset(root: str | pathlib.Path, *, check_images: bool = True,
     if rec['item_id'] not in known:
       raise DataError(path, line_no, 'item_id',
                       f"unknown item_id {rec['item_id']!r} (not in {ITEMS_FILE})")
-    interactions.append(Interaction(**rec, relevant_threshold=scale.threshold))
+    interactions.append(Interaction(**rec))
 
   queries: dict[str, QueryInfo] = {}
   path = root / QUERIES_FILE
@@ -361,4 +369,4 @@ def load_dataset(root: str | pathlib.Path, *, check_images: bool = True,
 
   context_names = tuple(sorted({k for item in items for k in item.context}))
   return Dataset(root=root, items=items, interactions=interactions, queries=queries,
-                 context_names=context_names)
+                 context_names=context_names, relevance=scale)

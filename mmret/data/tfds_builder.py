@@ -12,7 +12,7 @@ Splits (empty ones are not written: TFDS cannot store an empty split):
   train, eval  interactions in file order; query Text, query_index int32 (into `queries`, -1
                for a query unseen in train), item_index int32, page_id Text, page_index int32,
                position int32 (-1 absent), click/purchase/engaged float32 + *_present bool,
-               positive bool (records.Interaction.positive), relevance float32 (the judged
+               positive bool (records.Dataset.positive), relevance float32 (the judged
                grade, labels mapped by records.RelevanceScale; -1 absent),
                day int32 (-1 absent)
   queries      the query vocabulary: distinct train queries, sorted; query_index, query,
@@ -154,7 +154,7 @@ class ByodBuilder(tfds.core.GeneratorBasedBuilder):
         gens[name] = self._generate_examples('interactions', rows)
     if train_queries:
       gens['queries'] = self._generate_examples('queries', splits)
-      if any(d.interactions[i].positive for i, s in enumerate(splits) if s == 'train'):
+      if any(d.positive(d.interactions[i]) for i, s in enumerate(splits) if s == 'train'):
         gens['train_pages'] = self._generate_examples('train_pages', splits)
     return gens
 
@@ -188,7 +188,8 @@ class ByodBuilder(tfds.core.GeneratorBasedBuilder):
           'query': x.query, 'query_index': self._query_index.get(x.query, -1),
           'item_index': index[x.item_id], 'page_id': x.page_id or '',
           'page_index': self._page_index[row],
-          'position': -1 if x.position is None else x.position, 'positive': x.positive,
+          'position': -1 if x.position is None else x.position,
+          'positive': self._dataset.positive(x),
           'relevance': -1 if x.relevance is None else x.relevance,
           'day': -1 if x.day is None else x.day,
       }
@@ -208,7 +209,7 @@ class ByodBuilder(tfds.core.GeneratorBasedBuilder):
     index = self._dataset.item_index()
     pages: dict[int, list] = {}
     for row, (x, s) in enumerate(zip(self._dataset.interactions, splits)):
-      if s == 'train' and x.positive:
+      if s == 'train' and self._dataset.positive(x):
         rank = (x.position if x.position is not None else 1 << 30, row)
         pages.setdefault(self._page_index[row], []).append((rank, index[x.item_id], x.query))
     for page, hits in pages.items():

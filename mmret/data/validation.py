@@ -5,9 +5,10 @@ evaluates on held-out *training* queries every few steps and keeps the best para
 queries are never among them: selecting on the eval set would report a tuned, not a measured,
 score. A query is held out when the first 8 bytes of sha256(salt + query), read as a fraction of
 2^64, fall below `share`: the same queries for every seed, run and machine, and a query's
-membership does not depend on which other queries the log holds.
+membership does not depend on which other queries the log holds. On a small log a floor of
+`min_queries` (at most a quarter of the candidates) tops the split up in the same hash order.
 
-    held_out = validation_queries(dataset, share=0.1)    # sorted query strings
+    held_out = validation_queries(dataset, share=0.1, min_queries=50)  # sorted query strings
     val_set = evalset.build_eval_set(dataset, split='train', queries=held_out)
 """
 
@@ -24,15 +25,29 @@ def query_fraction(query: str, salt: str = SALT) -> float:
   return int.from_bytes(digest[:8], 'big') / 2.0**64
 
 
-def validation_queries(dataset: records.Dataset, share: float, salt: str = SALT) -> list[str]:
+def validation_queries(dataset: records.Dataset, share: float, salt: str = SALT, *,
+                       min_queries: int = 0) -> list[str]:
   """Sorted train queries with a positive on the train split, never seen on the eval split,
-  whose query_fraction is below `share`."""
+  whose query_fraction is below `share`; at least min(min_queries, candidates // 4) of them.
+
+  The floor keeps a small log's validation split meaningful (10% of 90 candidate queries is 9,
+  too few to tell a better step from noise) without taking more than a quarter of the training
+  queries: below it, the candidates with the lowest query_fraction are added, so the split is
+  still a fixed function of the log, and a query held out at `share` always stays held out.
+  """
   if not 0.0 <= share < 1.0:
     raise ValueError(f'validation share {share} must be in [0, 1).')
+  if isinstance(min_queries, bool) or not isinstance(min_queries, int) or min_queries < 0:
+    raise ValueError(f'validation min_queries {min_queries!r} must be an int >= 0.')
   train, evaluated = set(), set()
   for x, split in zip(dataset.interactions, dataset.splits()):
     if split == 'eval':
       evaluated.add(x.query)
-    elif x.positive:
+    elif dataset.positive(x):
       train.add(x.query)
-  return sorted(q for q in train - evaluated if query_fraction(q, salt) < share)
+  candidates = sorted(train - evaluated, key=lambda q: (query_fraction(q, salt), q))
+  if not share:
+    return []
+  by_share = sum(query_fraction(q, salt) < share for q in candidates)
+  count = max(by_share, min(min_queries, len(candidates) // 4))
+  return sorted(candidates[:count])

@@ -40,6 +40,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if not 0.0 <= select.share < 1.0:
       raise ConfigError(f'config key select.share={select.share!r}: the share of training '
                         'queries held out for validation must be in [0, 1).')
+    floor = select.get('min_queries', 0)
+    if isinstance(floor, bool) or not isinstance(floor, int) or floor < 0:
+      raise ConfigError(f'config key select.min_queries={floor!r}: must be an integer >= 0 '
+                        '(0 = no floor on the validation queries).')
   for name in config.eval.get('baselines', ()):
     if name not in BASELINES:
       raise ConfigError(f'config key eval.baselines: unknown baseline {name!r}; choose from '

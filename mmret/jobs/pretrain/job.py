@@ -35,12 +35,15 @@ _MODEL_ONLY = ('scann_neighbour', 'search/', 'perf/')
 
 
 def _selector(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData,
-              towers: evaluator.Towers, held_out: list[str], params) -> selection.Selector:
-  """Model selection on the held-out training queries, the initialisation already scored."""
+              towers: evaluator.Towers, held_out: list[str], params, workdir
+              ) -> selection.Selector:
+  """Model selection on the held-out training queries, the initialisation already scored; its
+  state is kept in <workdir>/selection for a resumed run."""
   val_set = evalset.build_eval_set(data.dataset, split='train', queries=set(held_out))
   selector = selection.Selector(
       functools.partial(evaluator.validate, towers, config=config, val_set=val_set),
-      metric=config.select.metric, every=config.select.every, num_steps=config.train.num_steps)
+      metric=config.select.metric, every=config.select.every, num_steps=config.train.num_steps,
+      directory=pathlib.Path(workdir) / 'selection')
   info(f'validation: {len(val_set.queries)} training queries held out by hash for model '
        f'selection on {config.select.metric} every {config.select.every} steps')
   try:
@@ -69,7 +72,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
        f'mesh {dict(runner.mesh.shape)}')
   # A copy of the constants: training donates the state's buffers.
   towers = evaluator.Towers(model, data, config, jax.tree.map(jnp.copy, state.constants))
-  selector = _selector(config, data, towers, held_out, state.params) if held_out else None
+  selector = (_selector(config, data, towers, held_out, state.params, workdir) if held_out
+              else None)
   # The baseline that matters for an imported encoder: the same model before any training
   # (with text_init='random' it is the random_init baseline). A copy: training donates the
   # state's buffers.

@@ -101,7 +101,8 @@ def validation_split(config: ml_collections.ConfigDict, data: prepare_lib.Prepar
   select = config.get('select')
   if not select or not select.every:
     return []
-  held_out = validation.validation_queries(data.dataset, select.share)
+  held_out = validation.validation_queries(data.dataset, select.share,
+                                           min_queries=select.get('min_queries', 0))
   if not held_out:
     info(f'model selection off: select.share={select.share} holds out no training query')
   return held_out

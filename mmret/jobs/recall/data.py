@@ -62,7 +62,7 @@ def item_stats(data: prepare_lib.PreparedData) -> ItemStats:
     if split == 'train':
       i = index[x.item_id]
       impressions[i] += 1
-      clicks[i] += float(bool(x.positive))
+      clicks[i] += float(dataset.positive(x))
   names = sorted({it.category for it in dataset.items if it.category})
   cat_index = {c: k + 1 for k, c in enumerate(names)}
   category = np.array([cat_index.get(it.category, 0) for it in dataset.items], np.int32)
