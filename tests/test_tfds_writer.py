@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from tensorflow_datasets.core import example_serializer
+from tensorflow_datasets.proto import tf_example_pb2
+
 from mmret.data import records
+from mmret.data import tf_example
 from mmret.data import tfds_builder
 from mmret.data import tfds_writer
 
@@ -62,7 +66,7 @@ def test_shards_split_at_the_byte_limit(tmp_path):
   features = tfds.features.FeaturesDict({'x': tfds.features.Tensor(shape=(None,),
                                                                      dtype=np.int32)})
   examples = [{'x': np.arange(n, dtype=np.int32)} for n in (10, 10, 10, 100, 1)]
-  sizes = [len(tfds_writer.example_serializer.ExampleSerializer(
+  sizes = [len(example_serializer.ExampleSerializer(
       features.get_serialized_info()).serialize_example(features.encode_example(e)))
            for e in examples]
   limit = sizes[0] * 2
@@ -78,3 +82,37 @@ def test_empty_split_and_bad_limit_raise(tmp_path):
     tfds_writer.write_split(features, iter([]), tmp_path, 'd', 'train')
   with pytest.raises(ValueError, match='max_shard_bytes must be > 0'):
     tfds_writer.write_split(features, iter([{'x': 1}]), tmp_path, 'd', 'train', 0)
+
+
+def test_row_serializer_parses_like_tfds_serializer():
+  features = tfds.features.FeaturesDict({
+      'i': tfds.features.Tensor(shape=(), dtype=np.int32),
+      'b': tfds.features.Tensor(shape=(), dtype=np.bool_),
+      'f': tfds.features.Tensor(shape=(), dtype=np.float32),
+      'v': tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      'm': tfds.features.Tensor(shape=(3,), dtype=np.bool_),
+      'c': tfds.features.Tensor(shape=(None,), dtype=np.float32),
+      'img': tfds.features.Tensor(shape=(None, 2, 3), dtype=np.uint8),
+      't': tfds.features.Text(),
+  })
+  reference = example_serializer.ExampleSerializer(features.get_serialized_info())
+  fast = tf_example.RowSerializer(features)
+  rng = np.random.default_rng(0)
+  rows = [
+      {'i': -1, 'b': True, 'f': 0.1, 'v': np.array([-(2**31), 2**31 - 1, 0, 127, 128, 300, -5],
+                                                   np.int32),
+       'm': np.array([True, False, True]), 'c': np.array([1.5, -2.25], np.float32),
+       'img': rng.integers(0, 256, (4, 2, 3)).astype(np.uint8), 't': 'naïve ☃'},
+      {'i': 2**31 - 1, 'b': False, 'f': -1, 'v': np.zeros(0, np.int32),
+       'm': np.zeros(3, bool), 'c': np.zeros(0, np.float32),
+       'img': np.zeros((0, 2, 3), np.uint8), 't': ''},
+  ]
+  for row in rows * 2:  # the second pass reads cached entries
+    want = reference.serialize_example(features.encode_example(row))
+    got = fast(row)
+    assert len(got) == len(want)
+    assert tf_example_pb2.Example.FromString(got) == tf_example_pb2.Example.FromString(want)
+  with pytest.raises(ValueError, match="feature 'm': shape"):
+    fast({**rows[0], 'm': np.zeros(2, bool)})
+  with pytest.raises(ValueError, match='do not match the features'):
+    fast({'i': 1})

@@ -1,11 +1,12 @@
 """Streams a TFDS builder's splits to array_record shards, without TFDS's writer.
 
 TFDS's writer buffers a whole split in memory (its shuffler) and spills a split past 1 GB to
-temporary files through `tf.io.gfile`, which needs TensorFlow, even with shuffling disabled. This
-writer serialises examples exactly as TFDS does (`features.encode_example`, then
-`ExampleSerializer`), appends them to the current shard, and starts a new shard when it reaches
-`max_shard_bytes`: memory is one example at a time, whatever the split's size. The files and
-`dataset_info.json` follow TFDS's layout (`{name}-{split}.array_record-00000-of-00003`), so
+temporary files through `tf.io.gfile`, which needs TensorFlow, even with shuffling disabled.
+This writer serialises examples to the records TFDS writes (tf_example.RowSerializer, several
+times faster than TFDS's serializer), appends them to the current shard, and starts a new
+shard when it reaches `max_shard_bytes`: memory is one example at a time, whatever the split's
+size. The files and `dataset_info.json` follow TFDS's layout
+(`{name}-{split}.array_record-00000-of-00003`), so
 `tfds.builder_from_directory(dir).as_data_source(split)` reads them back.
 
   write_dataset(builder, splits, out_dir)   # splits: {split name: iterator of example dicts}
@@ -18,8 +19,10 @@ from collections.abc import Iterable, Mapping
 
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
-from tensorflow_datasets.core import example_serializer, naming
+from tensorflow_datasets.core import naming
 from tensorflow_datasets.core import splits as splits_lib
+
+from mmret.data import tf_example
 
 MAX_SHARD_BYTES = 512 << 20  # TFDS's own writer aims at shards below 1 GiB
 
@@ -43,14 +46,14 @@ def write_split(features: tfds.features.FeaturesDict, examples: Iterable[dict],
   """
   if max_shard_bytes <= 0:
     raise ValueError(f'max_shard_bytes must be > 0, got {max_shard_bytes}')
-  serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+  serializer = tf_example.RowSerializer(features)
   lengths: list[int] = []
   total = shard_bytes = 0
   writer = None
   tmp_paths: list[pathlib.Path] = []
   try:
     for example in examples:
-      record = serializer.serialize_example(features.encode_example(example))
+      record = serializer(example)
       if writer is None or (shard_bytes + len(record) > max_shard_bytes and shard_bytes):
         if writer is not None:
           writer.close()
