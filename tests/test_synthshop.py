@@ -15,7 +15,9 @@ from PIL import Image
 
 from mmret.data import relevance
 from mmret.data import synthshop
+from mmret.data.synthshop import catalog as catalog_lib
 from mmret.data.synthshop import engine, render, vocab
+from mmret.data.synthshop import text as text_lib
 
 
 def _stats_config(seed=0):
@@ -266,3 +268,16 @@ def test_bm25_matches_an_independent_computation():
   allowed = np.array([False, True, True, True, True])
   np.testing.assert_array_equal(index.search('white dress', 9, allowed=allowed), [4, 1, 2])
   assert index.search('sundress', 5).size == 0          # a query-only word matches no title
+
+
+def test_query_strings_match_the_per_row_rule():
+  rng = np.random.default_rng(0)
+  config = synthshop.default_config('small')
+  cat = catalog_lib.sample_catalog(config)
+  cols = cat.codes()[rng.integers(0, len(cat), 500)]
+  attrs = np.where(rng.random(cols.shape) < 0.5, cols, -1).astype(np.int32)
+  attrs[:, 0] = cols[:, 0]
+  canonical, syn = rng.random(500) < 0.5, rng.integers(0, 1 << 30, 500)
+  got = text_lib._query_strings(attrs, canonical, syn, cat.brands)
+  want = [text_lib._query_string(a, c, s, cat.brands) for a, c, s in zip(attrs, canonical, syn)]
+  assert got == want and len(set(got)) > 50

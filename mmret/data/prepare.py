@@ -185,7 +185,7 @@ def prepare(data: ml_collections.ConfigDict, **builder_kwargs: Any) -> PreparedD
   dataset = records.load_dataset(source_dir, check_images=True, relevance=scale)
   cache = pathlib.Path(data.cache_dir).expanduser()
   builder = tfds_builder.prepare(source_dir, cache / 'tfds', image_size=data.image_size,
-                                 relevance=scale, **builder_kwargs)
+                                 relevance=scale, dataset=dataset, **builder_kwargs)
   tokenizer = tokenizer_lib.build_tokenizer(data.tokenizer, tokenizer_corpus(dataset),
                                             data.vocab_size, cache)
   return PreparedData(source_dir=source_dir, dataset=dataset, builder=builder,

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -81,9 +82,13 @@ class Item:
   title_omits: tuple[str, ...] = ()   # attribute names shown in the image but not in the title
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Interaction:
-  """One logged impression (or a judged pair). None = the field was not given."""
+  """One logged impression (or a judged pair). None = the field was not given.
+
+  Slotted, and the loader shares the string objects of repeated queries, item ids and page
+  ids: a log of 14M impressions (SynthShop `large`) is held in a few GB rather than ~10.
+  """
   query: str
   item_id: str
   page_id: str | None = None
@@ -347,16 +352,21 @@ def load_dataset(root: str | pathlib.Path, *, check_images: bool = True,
       raise DataError(root / name, 0, None, f'not found: a BYOD directory needs {ITEMS_FILE} '
                       f'and {INTERACTIONS_FILE} (docs/DATA.md)')
   items = _load_items(root, check_images)
-  known = {item.item_id for item in items}
+  known = {item.item_id: item.item_id for item in items}
 
   path = root / INTERACTIONS_FILE
   scale = relevance or RelevanceScale()
   fields = {**_INTERACTION_FIELDS, 'relevance': (False, scale.grade)}
   interactions = []
   for line_no, rec in _read_jsonl(path, fields):
-    if rec['item_id'] not in known:
+    item_id = known.get(rec['item_id'])
+    if item_id is None:
       raise DataError(path, line_no, 'item_id',
                       f"unknown item_id {rec['item_id']!r} (not in {ITEMS_FILE})")
+    rec['item_id'] = item_id  # the catalog's string object, not one more copy per line
+    for name in ('query', 'page_id', 'split'):
+      if name in rec:
+        rec[name] = sys.intern(rec[name])
     interactions.append(Interaction(**rec))
 
   queries: dict[str, QueryInfo] = {}

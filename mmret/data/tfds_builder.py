@@ -42,6 +42,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mmret.data import records
+from mmret.data import tfds_writer
 
 MAX_PAGE_POSITIVES = 3  # DESIGN.md §2: a training page holds up to 3 clicked items
 _VERSION = '1.1.0'  # 1.1.0: float relevance grades
@@ -95,16 +96,22 @@ class ByodBuilder(tfds.core.GeneratorBasedBuilder):
     config = tfds.core.BuilderConfig(name=fingerprint, description=str(dataset.root))
     super().__init__(config=config, file_format='array_record', **kwargs)
 
-  # TFDS announces every build as a download ("Downloading and preparing dataset Unknown size
-  # ...", then "Dataset ... downloaded and prepared"), which misleads about local files: one
-  # line says what is converted, and where to, instead.
+  # One line says what is converted, and where to (TFDS's own build would announce a download).
+  def write(self, version_dir: pathlib.Path, max_shard_bytes: int) -> None:
+    """Converts every split into `version_dir` (tfds_writer: streamed, sharded, no TF).
+
+    Files are written to a temporary directory renamed when done: a crash leaves no
+    dataset_info.json behind, so the next call rebuilds.
+    """
+    self._log_download_bytes()
+    splits = {name: (example for _, example in gen)
+              for name, gen in self._split_generators(None).items()}
+    tfds_writer.write_dataset(self, splits, version_dir, max_shard_bytes)
+
   def _log_download_bytes(self) -> None:
     print(f'[data] converting {self._dataset.root} ({len(self._dataset.items):,} items, '
           f'{len(self._dataset.interactions):,} interactions) to TFDS in {self.data_dir}',
           flush=True)
-
-  def _log_download_done(self) -> None:
-    pass
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self._image_size
@@ -241,7 +248,9 @@ def fingerprint(data_dir: pathlib.Path, image_size: int, context_names: Sequence
 
 def prepare(data_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, image_size: int,
             context_names: Sequence[str] | None = None,
-            relevance: records.RelevanceScale | None = None) -> tfds.core.DatasetBuilder:
+            relevance: records.RelevanceScale | None = None,
+            dataset: records.Dataset | None = None,
+            max_shard_bytes: int = tfds_writer.MAX_SHARD_BYTES) -> tfds.core.DatasetBuilder:
   """Converts a BYOD directory to TFDS array_record splits once; returns a read-only builder.
 
   Args:
@@ -251,6 +260,8 @@ def prepare(data_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, image_
     context_names: the context features, in this order (default: the dataset's sorted union);
       a name no item has is stored as missing everywhere.
     relevance: how relevance grades read and which pairs are relevant (records.load_dataset).
+    dataset: the directory already loaded with `relevance` (saves loading it twice).
+    max_shard_bytes: a split is written in array_record shards of at most this many bytes.
   Returns:
     tfds builder; `builder.as_data_source(split)`, `builder.info.metadata['context_names']`.
   """
@@ -259,14 +270,13 @@ def prepare(data_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *, image_
   fp = fingerprint(data_dir, image_size, context_names, relevance)
   built = out_dir / ByodBuilder.name / fp / _VERSION
   if not (built / 'dataset_info.json').is_file():
-    dataset = records.load_dataset(data_dir, check_images=True, relevance=relevance)
+    if dataset is None:
+      dataset = records.load_dataset(data_dir, check_images=True, relevance=relevance)
     names = dataset.context_names if context_names is None else tuple(context_names)
     with _without_custom_config_warning():
       builder = ByodBuilder(dataset=dataset, image_size=image_size, context_names=names,
                             fingerprint=fp, data_dir=str(out_dir))
-    # TFDS writes into a temporary directory and renames it when done: a crash leaves no
-    # dataset_info.json behind, so the next call rebuilds.
-    builder.download_and_prepare()
+    builder.write(built, max_shard_bytes)
   return tfds.builder_from_directory(str(built))
 
 

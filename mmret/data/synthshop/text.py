@@ -127,6 +127,21 @@ def _query_string(attrs: np.ndarray, canonical: bool, syn: int, brands: list[str
   return ' '.join(words)
 
 
+def _query_strings(attrs: np.ndarray, canonical: np.ndarray, syn: np.ndarray,
+                   brands: list[str]) -> list[str]:
+  """_query_string of every row of attrs [B, 6] (canonical, syn [B]), column by column."""
+  def words(table, col):  # -1 (not named) picks the '' appended last
+    return np.asarray([*table, ''], object)[attrs[:, col]]
+
+  audience = [vocab.AUDIENCE_QUERY_WORDS[n] for n in vocab.AUDIENCE_NAMES]
+  columns = [words(brands, 5), words(audience, 4), words(vocab.COLOR_NAMES, 1),
+             words(vocab.PATTERN_NAMES, 2), words(vocab.MATERIAL_NAMES, 3)]
+  cats = [vocab.CATEGORIES[c] for c in attrs[:, 0].tolist()]
+  columns.append([c.name if can else c.query_words[s % len(c.query_words)]
+                  for c, can, s in zip(cats, canonical.tolist(), syn.tolist())])
+  return [' '.join(w for w in ws if w) for ws in zip(*columns)]
+
+
 def sample_queries(config, cat: catalog_lib.Catalog) -> Queries:
   """Distinct queries built from the attributes of random items (so each has exact matches).
 
@@ -145,13 +160,15 @@ def sample_queries(config, cat: catalog_lib.Catalog) -> Queries:
     kind = rng.choice(len(types), size=batch, p=w / w.sum())
     canonical = rng.random(batch) < config.text.query_canonical_prob
     syn = rng.integers(0, 1 << 30, batch)
-    for j in range(batch):
-      attrs = np.full(len(QUERY_ATTRIBUTES), -1, np.int32)
-      attrs[0] = item_cols[items[j], 0]
-      for name in QUERY_TYPES[types[kind[j]]]:
-        col = QUERY_ATTRIBUTES.index(name)
-        attrs[col] = item_cols[items[j], col]
-      seen.setdefault(_query_string(attrs, canonical[j], syn[j], cat.brands), attrs)
+    rows = np.full((batch, len(QUERY_ATTRIBUTES)), -1, np.int32)
+    rows[:, 0] = item_cols[items, 0]
+    for t, name in enumerate(types):
+      of_type = kind == t
+      for attr in QUERY_TYPES[name]:
+        col = QUERY_ATTRIBUTES.index(attr)
+        rows[of_type, col] = item_cols[items[of_type], col]
+    for text, attrs in zip(_query_strings(rows, canonical, syn, cat.brands), rows):
+      seen.setdefault(text, attrs)
       if len(seen) == num:
         break
     if len(seen) == num:
