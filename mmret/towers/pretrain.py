@@ -206,7 +206,8 @@ class PretrainModel(nn.Module):
     return task in self.tasks or self.is_initializing()
 
   def _mask_patches(self, patches, patch_valid, train):
-    """(patches with [MASK] patch embeddings [B, P, D], MPM positions int [B, M], weights [B, M])."""
+    """(patches with [MASK] patch embeddings [B, P, D], MPM positions int [B, M],
+    MPM weights [B, M])."""
     c = self.config
     if not train:
       p_pos = jnp.zeros((patches.shape[0], c.mpm_max_predictions), jnp.int32)
@@ -214,7 +215,8 @@ class PretrainModel(nn.Module):
     p_pos, p_w, p_masked = masking.mask_patches(
         self.make_rng('masking'), patch_valid, prob=c.mpm_prob,
         max_predictions=c.mpm_max_predictions)
-    return jnp.where(p_masked[..., None], self.mask_patch.astype(patches.dtype), patches), p_pos, p_w
+    masked = jnp.where(p_masked[..., None], self.mask_patch.astype(patches.dtype), patches)
+    return masked, p_pos, p_w
 
   def _item_patches(self, batch, neg):
     """Patch embeddings [B, P, D] + validity [B, P] of the batch's items and, with judged
@@ -335,37 +337,30 @@ class PretrainModel(nn.Module):
     res = {'qim_negative': neg,
            'qim_weights': negatives.has_negative(pos_mask).astype(jnp.float32)}
     items = {'qim': passes['item'], 'qim2': passes.get('qim2')}
-    if self.config.share_calls and len(matched) > 1:
-      # One cross-encoder call over 4B pairs: QIM2's shorter items are padded with masked
-      # slots to the item length (the cross encoder has no position embeddings, and masked
-      # keys are never attended to, so their values change nothing).
-      length = max(items[name][0].shape[1] for name in matched)
-      pad = lambda x: jnp.pad(x, [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
-      i_h = jnp.concatenate([pad(h) for name in matched for h in (items[name][0],
-                                                                  items[name][0][neg])])
-      i_m = jnp.concatenate([pad(m) for name in matched for m in (items[name][1],
-                                                                  items[name][1][neg])])
-      k = 2 * len(matched)
-      logits = self.qim(self.cross(jnp.concatenate([q_h] * k), jnp.concatenate([q_mask] * k),
-                                   i_h, i_m, train=train))
-      for j, name in enumerate(matched):
-        res[f'{name}_logits'] = jnp.stack([logits[2 * j * b:(2 * j + 1) * b],
-                                           logits[(2 * j + 1) * b:(2 * j + 2) * b]], axis=-1)
-    else:
-      for name in matched:
-        res[f'{name}_logits'] = self._match(q_h, q_mask, *items[name], neg, train)
+    # model.share_calls: QIM and QIM2 in one cross-encoder call over 4B pairs.
+    groups = [matched] if self.config.share_calls else [[name] for name in matched]
+    for group in groups:
+      logits = self._match(q_h, q_mask, [items[name] for name in group], neg, train)
+      res.update({f'{name}_logits': x for name, x in zip(group, logits)})
     labels = jnp.broadcast_to(jnp.asarray([1.0, 0.0], jnp.float32), (b, 2))
     res.update({f'{name}_labels': labels for name in matched})
     return res
 
-  def _match(self, q_h, q_mask, i_h, i_mask, neg, train):
-    """Logits [B, 2]: (query, own item) and (query, item[neg]); one cross pass over 2B pairs."""
+  def _match(self, q_h, q_mask, items, neg, train):
+    """Logits [B, 2] per (i_h [B, L_k, D], i_mask [B, L_k]) in `items`: (query, own item) and
+    (query, item[neg]); one cross pass over 2B * len(items) pairs. Shorter items are padded with
+    masked slots to the longest (the cross encoder has no position embeddings, and masked keys
+    are never attended to, so their values change nothing)."""
     b = q_h.shape[0]
-    cls = self.cross(jnp.concatenate([q_h, q_h]), jnp.concatenate([q_mask, q_mask]),
-                     jnp.concatenate([i_h, i_h[neg]]), jnp.concatenate([i_mask, i_mask[neg]]),
-                     train=train)
-    logits = self.qim(cls)
-    return jnp.stack([logits[:b], logits[b:]], axis=-1)
+    length = max(h.shape[1] for h, _ in items)
+    pad = lambda x: jnp.pad(x, [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+    i_h = jnp.concatenate([pad(x) for h, _ in items for x in (h, h[neg])])
+    i_mask = jnp.concatenate([pad(x) for _, m in items for x in (m, m[neg])])
+    k = 2 * len(items)
+    logits = self.qim(self.cross(jnp.concatenate([q_h] * k), jnp.concatenate([q_mask] * k),
+                                 i_h, i_mask, train=train))
+    # [own_1, neg_1, own_2, neg_2, ...] x B rows -> per item [B, 2] (column 1: the negative).
+    return list(logits.reshape(len(items), 2, b).transpose(0, 2, 1))
 
 
 def set_codebook(variables, codebook):
