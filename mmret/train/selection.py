@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from mmret import files
 from mmret.train.progress import info
 
 
@@ -157,9 +158,7 @@ class Store:
       self._params.wait_until_finished()
     if jax.process_index() == 0:
       self.directory.mkdir(parents=True, exist_ok=True)
-      tmp = self.directory / (self.META + '.tmp')
-      tmp.write_text(json.dumps(meta))
-      tmp.replace(self.directory / self.META)
+      files.write_text_atomic(self.directory / self.META, json.dumps(meta))
 
   def clear(self) -> None:
     for step in self._params.all_steps():
