@@ -3,29 +3,77 @@ r"""Stage 1: multimodal pre-training (Taobao main-search design, DESIGN.md §1) 
 Variants: `tiny` (tests, seconds), `default` (the CPU demo run by `python -m mmret.launch`),
 `base` (BERT-base width, for accelerators), `two_tower` (`base` with the in-batch contrastive
 task only, query 16 + item 64 tokens: the work of a PyTorch two-tower, for bench/gpu.sh).
+Sweeps (mmret/jobs/sweep.py; each row x seeds 0, 1, 2, mean ± std, every row one change from
+`default`, ABLATION_ROWS below):
+  `seeds`        the default recipe, 3 seeds: its margin over the untrained initialisation
+                 (`lift/...`, `select/lift`) with its spread;
+  `ablation`     the stage-1 ablation of the source (QIC sigmoid / softmax / AM-Softmax, mean vs
+                 [CLS] pooling, with vs without L2, each auxiliary task off), the source's
+                 most-clicked positives, the images withheld, and the recipe before issue 14;
+  `small_label`  the text-only small-label regime (40 judged queries, 13 for training, names in
+                 plain words: where the old recipe ends below its initialisation), default
+                 recipe and old recipe, 3 seeds.
 
   python -m mmret.launch                                   # = configs/pretrain.py:default
   python -m mmret.launch --config configs/pretrain.py:tiny --workdir /tmp/mmret_tiny
   python -m mmret.launch --config configs/pretrain.py:base --config.data.synthshop_size=large
   python -m mmret.launch --config.data.source=/path/to/byod_dir   # your own data (docs/DATA.md)
+  python -m mmret.launch --config configs/pretrain.py:ablation --workdir workdir/pretrain_ablation
+  python -m mmret.launch --config configs/pretrain.py:ablation "--config.sweep.rows=('no_mlm',)"
 """
 
 import ml_collections
 
 from mmret.data import synthshop
 
-_VARIANTS = ('tiny', 'default', 'base', 'two_tower')
+_VARIANTS = ('tiny', 'default', 'base', 'two_tower', 'seeds', 'ablation', 'small_label')
+_SWEEPS = ('seeds', 'ablation', 'small_label')
+
+# Rows of the stage-1 sweeps: each row is `default` plus its overrides (not cumulative).
+_OFF = 0.0
+ABLATION_ROWS = {
+    'default': {},
+    # QIC loss: the source reports sigmoid < softmax < AM-Softmax (DESIGN.md §1).
+    'qic_sigmoid': {'loss': {'qic': 'sigmoid'}},
+    'qic_softmax': {'loss': {'qic': 'softmax'}},
+    # Pooling of the retrieval vector: the source finds mean pooling better than [CLS].
+    'cls_pooling': {'model': {'pooling': 'cls'}},
+    # L2 normalisation of the retrieval vectors (QIC's projection is always normalised).
+    'no_l2': {'model': {'normalize': False}},
+    # Each auxiliary task off (its weight 0: not computed at all).
+    'no_mlm': {'loss': {'weights': {'mlm_query': _OFF, 'mlm_title': _OFF}}},
+    'no_mpm': {'loss': {'weights': {'mpm': _OFF}}},
+    'no_qim': {'loss': {'weights': {'qim': _OFF}}},
+    'no_qim2': {'loss': {'weights': {'qim2': _OFF}}},
+    # The source's positives: the most-clicked item of each query (DESIGN.md §1).
+    'most_clicked': {'data': {'positives': 'most_clicked'}},
+    # Images withheld (every item without one; image tasks switch themselves off): what the
+    # picture adds, same steps.
+    'text_only': {'data': {'synthshop': {'catalog': {'missing_image_share': 1.0}}}},
+    # The recipe before issue 14: one learning rate for everything, the last step, no judged
+    # negatives.
+    'old_recipe': {'optim': {'pretrained_lr': _OFF}, 'select': {'every': 0},
+                   'loss': {'judged_negatives': 0}},
+}
+ABLATION_ORDER = ('default', 'qic_sigmoid', 'qic_softmax', 'cls_pooling', 'no_l2', 'no_mlm',
+                  'no_mpm', 'no_qim', 'no_qim2', 'most_clicked', 'text_only', 'old_recipe')
+_SWEEP_ROWS = {'seeds': ('default',), 'ablation': ABLATION_ORDER,
+               'small_label': ('default', 'old_recipe')}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or 'default'
   if variant not in _VARIANTS:
     raise ValueError(f'configs/pretrain.py: unknown variant {variant!r}; choose from {_VARIANTS}.')
+  sweep = variant if variant in _SWEEPS else None
+  if sweep:
+    variant = 'default'
   tiny, base = variant == 'tiny', variant in ('base', 'two_tower')
   c = ml_collections.ConfigDict()
   c.job = 'pretrain'
   c.variant = variant
   c.seed = 0
+  c.log_prefix = ''  # printed before each metrics line (a sweep names its runs)
 
   c.data = ml_collections.ConfigDict()
   # 'synthshop' (generated, cached) or a directory in the bring-your-own-data format.
@@ -137,7 +185,47 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       ('embed', None), ('kv', None), ('length', None), ('patch', None), ('classes', None))
   if variant == 'two_tower':
     two_tower(c)
+  if sweep == 'small_label':
+    small_label(c)
+  c.sweep = sweep_config(sweep)
+  if sweep:
+    # Each seed has its own untrained baseline (the heads and image tower are seeded); BM25
+    # and random init do not depend on the recipe: the default run reports them.
+    c.eval.baselines = ('pretrained_init',)
   return c
+
+
+def sweep_config(sweep: str | None) -> ml_collections.ConfigDict:
+  """The `sweep` section (mmret/jobs/sweep.py); no rows = one run."""
+  s = ml_collections.ConfigDict()
+  s.title = f'Stage-1 {sweep or "ablation"}: each row one change from the default recipe'
+  s.order = ABLATION_ORDER
+  s.rows = _SWEEP_ROWS[sweep] if sweep else ()
+  s.overrides = ml_collections.ConfigDict(ABLATION_ROWS)
+  s.cumulative = False
+  s.seeds = (0, 1, 2)
+  s.tables = (('recall@100/exact', 'ndcg@10', 'ndcg@10/judged', 'recall@100/image_only'),
+              ('lift/recall@100/exact', 'lift/ndcg@10', 'lift/ndcg@10/judged', 'select/lift'),
+              ('baseline/pretrained_init/recall@100/exact', 'baseline/pretrained_init/ndcg@10',
+               'select/initial_score', 'select/best_step'))
+  s.compilation_cache = True  # seeds of a row compile the same programs: compile once
+  return s
+
+
+def small_label(c: ml_collections.ConfigDict) -> None:
+  """The text-only small-label regime of SynthShop (README, *Where training hurts*): 40 judged
+  queries (no clicks), 70% of them eval queries, images withheld, queries and titles naming
+  their attributes plainly (the untrained MiniLM is already good), 150 steps, exact search."""
+  s = c.data.synthshop
+  s.judged.num_queries = 40
+  s.judged.eval_share = 0.7
+  s.catalog.missing_image_share = 1.0
+  s.text.query_canonical_prob = 1.0
+  s.text.title_canonical_prob = 1.0
+  s.text.omit_color_prob = 0.0
+  s.text.omit_pattern_prob = 0.0
+  c.train.num_steps = 150
+  c.eval.scann = False
 
 
 def two_tower(c: ml_collections.ConfigDict) -> None:

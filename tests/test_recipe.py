@@ -43,6 +43,9 @@ def test_training_beats_the_initialisation_by_a_margin(cache, tmp_path):
   # Selection chose a trained step, better on validation than the initialisation.
   assert results['select/best_step'] > 0
   assert results['select/best_score'] > results['select/initial_score']
+  assert results['select/lift'] == pytest.approx(
+      results['select/best_score'] - results['select/initial_score'])
+  assert results['lift/recall@50/exact'] == pytest.approx(results['recall@50/exact'] - init)
 
 
 def test_selection_never_ends_below_the_initialisation(cache, tmp_path):
@@ -55,3 +58,5 @@ def test_selection_never_ends_below_the_initialisation(cache, tmp_path):
   for k in KS:
     assert (results[f'recall@{k}/exact']
             == results[f'baseline/pretrained_init/recall@{k}/exact'])
+    assert results[f'lift/recall@{k}/exact'] == 0.0
+  assert results['select/lift'] == 0.0

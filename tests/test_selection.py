@@ -99,8 +99,10 @@ def test_selector_keeps_the_best_validated_step():
   assert selector.history == [(0, 0.5), (2, 0.6), (4, 0.7), (6, 0.55), (7, 0.58)]
   assert selector.best_step == 4 and int(state.params['w']) == 4  # the last state is the best
   assert 'WARNING' not in selector.summary()
-  assert selector.results() == {'select/best_step': 4.0, 'select/best_score': 0.7,
-                                'select/initial_score': 0.5}
+  results = selector.results()
+  assert results.pop('select/lift') == pytest.approx(0.2)
+  assert results == {'select/best_step': 4.0, 'select/best_score': 0.7,
+                     'select/initial_score': 0.5}
 
 
 def test_selector_keeps_the_initialisation_when_training_never_beat_it():
@@ -112,7 +114,7 @@ def test_selector_keeps_the_initialisation_when_training_never_beat_it():
   assert '\n' not in line and 'no trained step beat the untrained initialisation' in line
   assert 'best trained 0.7500' in line
   assert selector.results() == {'select/best_step': 0.0, 'select/best_score': 0.8,
-                                'select/initial_score': 0.8}
+                                'select/initial_score': 0.8, 'select/lift': 0.0}
 
 
 def test_selector_needs_a_trained_step_to_beat_not_tie_the_initialisation():

@@ -130,10 +130,14 @@ class Selector:
     return line
 
   def results(self) -> dict[str, float]:
-    """Flat keys for results.json: select/best_step, select/best_score, select/initial_score."""
+    """Flat keys for results.json: select/best_step, select/best_score, select/initial_score
+    and select/lift (best minus initialisation: the validation margin over the untrained model,
+    0 when the initialisation was kept)."""
+    best = self.best_score if self.best_step is not None else math.nan
     return {'select/best_step': float(self.best_step or 0),
-            'select/best_score': self.best_score if self.best_step is not None else math.nan,
-            'select/initial_score': self.initial_score}
+            'select/best_score': best,
+            'select/initial_score': self.initial_score,
+            'select/lift': best - self.initial_score}
 
 
 class Store:

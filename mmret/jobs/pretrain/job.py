@@ -34,6 +34,14 @@ PRINT_KEYS = ('loss/total', 'loss/qic', 'loss/qim', 'loss/mlm_title', 'loss/mpm'
 _MODEL_ONLY = ('scann_neighbour', 'search/', 'perf/')
 
 
+def lift(results: dict[str, float], initial: dict[str, float]) -> dict[str, float]:
+  """'lift/<metric>': the trained model minus its untrained initialisation, for every recall,
+  nDCG and relevance metric both report: the margin a fine-tuning recipe must keep positive
+  (a sweep reports its mean and spread over seeds)."""
+  return {f'lift/{k}': results[k] - v for k, v in initial.items()
+          if k.startswith(('recall@', 'ndcg@', 'relevance@')) and k in results}
+
+
 def _selector(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData,
               towers: evaluator.Towers, held_out: list[str], params, workdir
               ) -> selection.Selector:
@@ -85,7 +93,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       functools.partial(objective.pretrain_objective, loss=model_lib.effective_loss(config, data)),
       runner.mesh, shardings, rng_streams=model_lib.RNG_STREAMS, rng_impl=config.train.rng_impl)
   trained = runner.train(state, step_fn, train.iterator, train.next_batch,
-                         print_keys=PRINT_KEYS, after_step=selector)
+                         print_keys=PRINT_KEYS, after_step=selector,
+                         log_prefix=config.get('log_prefix', ''))
 
   # Every process computes the vectors (cheap next to training); the metrics are identical.
   # With a selector, trained.state holds the best validated parameters.
@@ -101,6 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     base = evaluator.evaluate(towers, initial, config, data.eval_set)
     results.update({f'baseline/pretrained_init/{k}': v for k, v in base.items()
                     if not k.startswith(_MODEL_ONLY)})
+    results.update(lift(results, base))
     del initial
   if 'random_init' in config.eval.baselines:
     # The same architecture and init RNG, untrained and without pretrained text weights.
