@@ -269,6 +269,11 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   c.mlp_dim = 64 if tiny else (3072 if base else 1536)
   c.max_len = 64 if tiny else 512
   c.dropout = 0.1
+  # Dropout on the attention weights (None: `dropout`, BERT's recipe). base drops it, keeping
+  # hidden dropout: the fused kernel has no attention-weight dropout, so with it on, training
+  # takes the einsum path (materialised [B, H, L, L] weights) at every layer.
+  c.attention_dropout = (0.0 if base else
+                         ml_collections.config_dict.placeholder(float))
   c.dtype = 'bfloat16' if base else 'float32'  # compute dtype; params are always float32
   # 'fused': jax.nn.dot_product_attention (training with dropout > 0 keeps the einsum path: the
   # fused API has no attention-weight dropout); 'einsum': the two-einsum reference.

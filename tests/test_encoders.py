@@ -154,6 +154,35 @@ def test_fused_attention_keeps_weight_dropout_on_the_einsum_path(monkeypatch):
     TransformerConfig(attention='flash')
 
 
+def test_attention_dropout_zero_trains_on_the_fused_path_with_hidden_dropout(monkeypatch):
+  """attention_dropout=0 with dropout=0.3: a training layer calls the fused kernel, matches the
+  einsum layer with the same rngs (same hidden-dropout masks, no weight dropout), and its hidden
+  dropout is on (training differs from evaluation). attention_dropout=None means `dropout`."""
+  x = jax.random.normal(jax.random.key(1), (3, 5, 32))
+  cfg = dataclasses.replace(CFG, dropout=0.3, attention_dropout=0.0)
+  assert cfg.attention_dropout_rate == 0.0
+  assert dataclasses.replace(cfg, attention_dropout=None).attention_dropout_rate == 0.3
+  params = EncoderLayer(cfg).init(jax.random.key(0), x, ATTN_MASK)
+  calls = []
+  fused_fn = transformer.fused_attention
+  monkeypatch.setattr(transformer, 'fused_attention', lambda *a: calls.append(1) or fused_fn(*a))
+
+  def run(attention, deterministic, attention_dropout=0.0):
+    layer = EncoderLayer(dataclasses.replace(cfg, attention=attention,
+                                             attention_dropout=attention_dropout),
+                         deterministic=deterministic)
+    return np.asarray(layer.apply(params, x, ATTN_MASK, rngs={'dropout': jax.random.key(2)}))
+
+  train_fused = run('fused', False)
+  assert len(calls) == 1
+  np.testing.assert_allclose(train_fused, run('einsum', False), atol=2e-5)
+  # Hidden dropout applied (without it, training and evaluation are the same fused function).
+  assert np.abs(train_fused - run('fused', True)).max() > 1e-2
+  calls.clear()
+  run('fused', False, attention_dropout=None)  # weight dropout 0.3: the einsum path
+  assert not calls
+
+
 def _remat_policies(jaxpr) -> list:
   """The `policy` of every remat op in a jaxpr, nested ones (scan) included."""
   found = []

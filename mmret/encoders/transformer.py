@@ -42,7 +42,9 @@ class TransformerConfig:
   """Static hyper-parameters of an encoder (hashable, so usable as a module attribute).
 
   width: model width D. depth: layers. heads: attention heads (D % heads == 0). mlp_dim: hidden
-  width of the MLP. dropout: hidden and attention dropout rate. dtype: compute dtype name.
+  width of the MLP. dropout: hidden dropout rate (embeddings, attention output, MLP output).
+  attention_dropout: dropout on the attention weights; None means `dropout` (BERT's recipe).
+  dtype: compute dtype name.
   attention: one of ATTENTIONS. remat: rematerialise each layer in the backward pass, keeping
   what `jax.checkpoint_policies.<remat_policy>` saves (one of REMAT_POLICIES). scan: `nn.scan`
   over layers (params get a leading `layers` axis). vocab_size / max_len / type_vocab_size:
@@ -53,6 +55,7 @@ class TransformerConfig:
   heads: int = 12
   mlp_dim: int = 1536
   dropout: float = 0.1
+  attention_dropout: float | None = None
   dtype: str = 'float32'
   attention: str = 'fused'
   remat: bool = False
@@ -68,6 +71,10 @@ class TransformerConfig:
   def __post_init__(self):
     if self.attention not in ATTENTIONS:
       raise ValueError(f'attention {self.attention!r}: choose from {ATTENTIONS}.')
+
+  @property
+  def attention_dropout_rate(self) -> float:
+    return self.dropout if self.attention_dropout is None else self.attention_dropout
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f'remat_policy {self.remat_policy!r}: choose from {REMAT_POLICIES}.')
 
@@ -129,10 +136,11 @@ class MultiHeadAttention(nn.Module):
   x [B, L, D], mask bool [B, L] (keys) or [B, L, L] (query x key pairs) -> [B, Lq, D], where
   the queries are x_q [B, Lq, D] (default x).
 
-  With cfg.attention='fused', training with dropout > 0 still takes the einsum path: the fused
-  API has no dropout on the attention weights, and silently dropping it would change the
-  training recipe (BERT's/MiniLM's, and the one the default run's metrics were measured with).
-  Evaluation, and training with dropout 0, take the fused path.
+  With cfg.attention='fused', training with attention-weight dropout > 0 still takes the einsum
+  path: the fused API has no dropout on the attention weights, and silently dropping it would
+  change the training recipe (BERT's/MiniLM's, and the one the default run's metrics were
+  measured with). Evaluation, and training with `attention_dropout=0` (hidden dropout may stay
+  on), take the fused path.
   """
   cfg: TransformerConfig
   deterministic: bool = True
@@ -155,11 +163,12 @@ class MultiHeadAttention(nn.Module):
     if mask.ndim == 3:
       mask = mask[:, :q.shape[1]]  # the rows of the queries computed (first_only: one)
     k, v = proj('key', x), proj('value', x)      # [B, L, H, K]
-    drop_weights = cfg.dropout > 0 and not self.deterministic
+    rate = cfg.attention_dropout_rate
+    drop_weights = rate > 0 and not self.deterministic
     if cfg.attention == 'fused' and not drop_weights:
       ctx = fused_attention(q, k, v, mask)
     else:
-      weights = nn.Dropout(cfg.dropout)(attention_weights(q, k, mask),
+      weights = nn.Dropout(rate)(attention_weights(q, k, mask),
                                         deterministic=self.deterministic)
       ctx = jnp.einsum('bhqs,bshk->bqhk', weights.astype(cfg.compute_dtype), v)
     return nn.Einsum(

@@ -20,7 +20,8 @@ def transformer_config(model: ml_collections.ConfigDict, vocab_size: int, cross:
   vocab_size: the tokenizer's (from the data, not the config), padded here."""
   return TransformerConfig(
       width=model.width, depth=model.cross_depth if cross else model.depth, heads=model.heads,
-      mlp_dim=model.mlp_dim, dropout=model.dropout, dtype=model.dtype,
+      mlp_dim=model.mlp_dim, dropout=model.dropout,
+      attention_dropout=model.get('attention_dropout'), dtype=model.dtype,
       attention=model.attention, remat=model.remat, remat_policy=model.remat_policy,
       scan=model.scan, vocab_size=padded_size(vocab_size, model.vocab_pad_multiple),
       max_len=model.max_len)

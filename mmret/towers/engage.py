@@ -52,7 +52,8 @@ def transformer_config(model: ml_collections.ConfigDict, vocab_size: int) -> Tra
   """vocab_size: the tokenizer's (from the data), padded to model.vocab_pad_multiple."""
   return TransformerConfig(
       width=model.width, depth=model.depth, heads=model.heads, mlp_dim=model.mlp_dim,
-      dropout=model.dropout, dtype=model.dtype, attention=model.attention, remat=model.remat,
+      dropout=model.dropout, attention_dropout=model.get('attention_dropout'),
+      dtype=model.dtype, attention=model.attention, remat=model.remat,
       remat_policy=model.remat_policy, scan=model.scan,
       vocab_size=padded_size(vocab_size, model.vocab_pad_multiple), max_len=model.max_len,
       type_vocab_size=3)
