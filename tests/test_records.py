@@ -134,3 +134,28 @@ def test_unknown_field_and_bad_flag(tmp_path):
                                                        'click': 'yes'}])
   with pytest.raises(records.DataError, match=r"interactions\.jsonl:1: field 'click'"):
     records.load_dataset(root)
+
+
+def test_loader_shares_repeated_strings(tmp_path):
+  """2M items and 14M interactions (SynthShop `large`) fit in memory because the loader holds
+  each repeated string once: categories, attribute names and values, context names, queries,
+  page ids and grades are one object per distinct value; items and interactions are slotted."""
+  shutil.copytree(FIXTURE, tmp_path / 'd')
+  with open(tmp_path / 'd' / 'items.jsonl', 'a') as f:  # an image path that needs normalising
+    f.write(json.dumps({'item_id': 'a7', 'title': 't', 'image': 'images/../images/a1.png'}) + '\n')
+  d = records.load_dataset(tmp_path / 'd')
+  a1, a2, a3 = d.items[:3]
+  assert a1.category is a2.category is a3.category == 'dress'
+  assert a1.attributes['color'] is a3.attributes['color'] == 'white'
+  key = lambda item, name: next(k for k in item.attributes if k == name)
+  assert key(a1, 'category') is key(a2, 'category')
+  assert next(iter(a1.context)) is next(iter(a2.context)) == 'price'
+  assert d.items[6].image == a1.image == str((tmp_path / 'd' / 'images' / 'a1.png').resolve())
+  graded = [x for x in d.interactions if x.relevance is not None]
+  by_grade = {}
+  for x in graded:
+    assert by_grade.setdefault(x.relevance, x.relevance) is x.relevance
+  queries = {}
+  for x in d.interactions:
+    assert queries.setdefault(x.query, x.query) is x.query
+  assert not hasattr(a1, '__dict__') and not hasattr(d.interactions[0], '__dict__')

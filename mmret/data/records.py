@@ -15,6 +15,7 @@ whose message names the file, the line and the field: "<file>:<line>: field '<f>
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import sys
 from collections.abc import Callable, Iterator
@@ -69,9 +70,13 @@ class RelevanceScale:
     return float(value)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Item:
-  """One catalog item. Absent modalities: description '', category/image None, context {}."""
+  """One catalog item. Absent modalities: description '', category/image None, context {}.
+
+  Slotted, and the loader shares the strings that repeat across items (categories, attribute
+  names and values, context names): SynthShop `large`'s 2M items take ~1 KB each, not ~2.
+  """
   item_id: str
   title: str
   description: str = ''
@@ -153,9 +158,14 @@ class Dataset:
     return {item.item_id: i for i, item in enumerate(self.items)}
 
   def page_keys(self) -> list[tuple]:
-    """Per interaction, the result page it was shown on: page_id, else (query, day)."""
-    return [('id', x.page_id) if x.page_id is not None else ('qd', x.query, x.day)
-            for x in self.interactions]
+    """Per interaction, the result page it was shown on: page_id, else (query, day).
+
+    One tuple object per page, shared by its interactions (14M rows on 700k pages would
+    otherwise hold 14M tuples, ~1 GB)."""
+    shared: dict[tuple, tuple] = {}
+    return [shared.setdefault(key, key) for key in
+            (('id', x.page_id) if x.page_id is not None else ('qd', x.query, x.day)
+             for x in self.interactions)]
 
   def splits(self) -> list[str]:
     """Per interaction 'train' or 'eval' (ARCHITECTURE.md split rule).
@@ -309,7 +319,24 @@ def _check_image(path: pathlib.Path, where: tuple, field: str) -> None:
     raise DataError(*where, field, f'image {path} is {fmt}, expected PNG or JPEG')
 
 
+def _shared_strings(rec: dict[str, Any]) -> None:
+  """Replaces the repeating strings of an item record by one shared (interned) object each.
+
+  json.loads makes new string objects for every record, so 2M items would each hold their own
+  'color', 'black', 'shoes', ...; interned, each distinct string is held once."""
+  intern = sys.intern
+  if 'category' in rec:
+    rec['category'] = intern(rec['category'])
+  if 'attributes' in rec:
+    rec['attributes'] = {intern(k): intern(v) for k, v in rec['attributes'].items()}
+  if 'context' in rec:
+    rec['context'] = {intern(k): v for k, v in rec['context'].items()}
+  if 'title_omits' in rec:
+    rec['title_omits'] = tuple(intern(v) for v in rec['title_omits'])
+
+
 def _load_items(root: pathlib.Path, check_images: bool) -> list[Item]:
+  """Items of `root` (an absolute, resolved directory) in file order."""
   path = root / ITEMS_FILE
   items, seen = [], {}
   for line_no, rec in _read_jsonl(path, _ITEM_FIELDS):
@@ -318,10 +345,13 @@ def _load_items(root: pathlib.Path, check_images: bool) -> list[Item]:
                       f'(first on line {seen[rec["item_id"]]})')
     seen[rec['item_id']] = line_no
     if 'image' in rec:
-      image = root / rec['image']
+      # Absolute and normalised under the resolved root; not Path.resolve() per item, which
+      # lstat()s every path component (half of the items' load time at 2M items).
+      image = os.path.normpath(os.path.join(root, rec['image']))
       if check_images:
-        _check_image(image, (path, line_no), 'image')
-      rec['image'] = str(image.resolve())
+        _check_image(pathlib.Path(image), (path, line_no), 'image')
+      rec['image'] = image
+    _shared_strings(rec)
     items.append(Item(**rec))
   if not items:
     raise DataError(path, 0, None, 'the catalog is empty')
@@ -357,7 +387,7 @@ def load_dataset(root: str | pathlib.Path, *, check_images: bool = True,
   path = root / INTERACTIONS_FILE
   scale = relevance or RelevanceScale()
   fields = {**_INTERACTION_FIELDS, 'relevance': (False, scale.grade)}
-  interactions = []
+  interactions, grades = [], {}
   for line_no, rec in _read_jsonl(path, fields):
     item_id = known.get(rec['item_id'])
     if item_id is None:
@@ -367,6 +397,8 @@ def load_dataset(root: str | pathlib.Path, *, check_images: bool = True,
     for name in ('query', 'page_id', 'split'):
       if name in rec:
         rec[name] = sys.intern(rec[name])
+    if 'relevance' in rec:  # a few distinct grades: one float object each, not one per line
+      rec['relevance'] = grades.setdefault(rec['relevance'], rec['relevance'])
     interactions.append(Interaction(**rec))
 
   queries: dict[str, QueryInfo] = {}
