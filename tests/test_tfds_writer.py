@@ -106,6 +106,16 @@ def test_row_serializer_parses_like_tfds_serializer():
       {'i': 2**31 - 1, 'b': False, 'f': -1, 'v': np.zeros(0, np.int32),
        'm': np.zeros(3, bool), 'c': np.zeros(0, np.float32),
        'img': np.zeros((0, 2, 3), np.uint8), 't': ''},
+      # 0-d arrays and short vectors are cached by their bytes: -0.0 and 0.0, NaN, infinities
+      # and reordered values must each serialise as themselves.
+      {'i': np.array(7, np.int32), 'b': np.array(True), 'f': np.array(-0.0, np.float32),
+       'v': np.array([1, 2], np.int32), 'm': np.array([True, False, False]),
+       'c': np.array([0.0, np.nan, -0.0], np.float32),
+       'img': np.zeros((1, 2, 3), np.uint8), 't': 'x'},
+      {'i': np.array(-7, np.int32), 'b': np.array(False), 'f': np.array(0.0, np.float32),
+       'v': np.array([2, 1], np.int32), 'm': np.array([False, True, True]),
+       'c': np.array([-0.0, 0.0, np.inf], np.float32),
+       'img': np.full((1, 2, 3), 255, np.uint8), 't': 'x'},
   ]
   for row in rows * 2:  # the second pass reads cached entries
     want = reference.serialize_example(features.encode_example(row))

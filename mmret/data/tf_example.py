@@ -24,6 +24,7 @@ _MASK64 = (1 << 64) - 1
 # Values cached per field (flags, days, positions, query strings, empty tensors): at most this
 # many, so a field of unique values (item ids) costs bounded memory.
 _CACHE_PER_FIELD = 1 << 16
+_CACHED_ARRAY_SIZE = 16  # arrays of at most this many values are cached by value
 
 
 def _varint(n: int) -> bytes:
@@ -133,9 +134,12 @@ class RowSerializer:
     return self._generic(name, value)
 
   def entry(self, name: str, value: Any) -> bytes:
-    """The feature map entry {name: value}, cached for repeated scalars and empty tensors."""
+    """The feature map entry {name: value}, cached for repeated scalars and small tensors."""
     if isinstance(value, np.ndarray):
-      key = ('empty', value.shape, value.dtype.str) if value.size == 0 else None
+      # Empty tensors, 0-d flags and short vectors (presence masks) repeat row after row: keyed
+      # by their bytes, they are serialised once (a 0-d array through numpy costs ~17 us).
+      key = ((value.shape, value.dtype.str, value.tobytes())
+             if value.size <= _CACHED_ARRAY_SIZE else None)
     else:
       key = (type(value), value) if type(value) in (int, bool, float, str) else None
     cache = self._cache[name]
