@@ -64,7 +64,7 @@ def test_recipe_is_the_default_when_weights_are_imported():
   config = load_config('configs/pretrain.py:default')
   assert config.model.text_init == 'minilm'
   assert model_lib.pretrained_keys(config) == ('encoder',)
-  # The imported encoder moves more slowly than the new heads (2e-4 vs 5e-4, README issue 14),
+  # The imported encoder moves more slowly than the new heads (1e-4 vs 5e-4, README issue 14),
   # and model selection (the initialisation a candidate) is on.
   assert 0 < config.optim.pretrained_lr < config.optim.lr
   assert config.select.every > 0 and config.select.min_queries > 0
