@@ -73,10 +73,7 @@ class RelevanceScale:
 @dataclasses.dataclass(slots=True)
 class Item:
   """One catalog item. Absent modalities: description '', category/image None, context {}.
-
-  Slotted, and the loader shares the strings that repeat across items (categories, attribute
-  names and values, context names): SynthShop `large`'s 2M items take ~1 KB each, not ~2.
-  """
+  Slotted, repeated strings shared (field checkers): `large`'s 2M items take ~1 KB each, not 2."""
   item_id: str
   title: str
   description: str = ''
@@ -158,10 +155,8 @@ class Dataset:
     return {item.item_id: i for i, item in enumerate(self.items)}
 
   def page_keys(self) -> list[tuple]:
-    """Per interaction, the result page it was shown on: page_id, else (query, day).
-
-    One tuple object per page, shared by its interactions (14M rows on 700k pages would
-    otherwise hold 14M tuples, ~1 GB)."""
+    """Per interaction, the result page it was shown on: page_id, else (query, day); one tuple
+    per page, shared by its rows (14M rows on 700k pages would otherwise hold ~1 GB of them)."""
     shared: dict[tuple, tuple] = {}
     return [shared.setdefault(key, key) for key in
             (('id', x.page_id) if x.page_id is not None else ('qd', x.query, x.day)
@@ -185,11 +180,18 @@ class Dataset:
 
 
 # --- field checkers: each returns the converted value or raises DataError ----------------------
+# Strings that repeat across records (categories, attribute and context names and values) are
+# interned: json.loads makes new objects for every line, so 2M items would each hold their own
+# 'color', 'black', 'shoes', ...; interned, each distinct string is held once.
 
 def _str(value, where, field):
   if not isinstance(value, str):
     raise DataError(*where, field, f'expected a string, got {json.dumps(value)}')
   return value
+
+
+def _shared_str(value, where, field):
+  return sys.intern(_str(value, where, field))
 
 
 def _nonempty_str(value, where, field):
@@ -228,9 +230,7 @@ def _split(value, where, field):
 def _str_dict(value, where, field):
   if not isinstance(value, dict):
     raise DataError(*where, field, f'expected an object, got {json.dumps(value)}')
-  for key, v in value.items():
-    _str(v, where, f'{field}.{key}')
-  return dict(value)
+  return {sys.intern(key): _shared_str(v, where, f'{field}.{key}') for key, v in value.items()}
 
 
 def _context(value, where, field):
@@ -238,6 +238,7 @@ def _context(value, where, field):
     raise DataError(*where, field, f'expected an object, got {json.dumps(value)}')
   out = {}
   for key, v in value.items():
+    key = sys.intern(key)
     if v is None:
       out[key] = None
     elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -251,7 +252,7 @@ def _context(value, where, field):
 def _str_tuple(value, where, field):
   if not isinstance(value, list):
     raise DataError(*where, field, f'expected a list of strings, got {json.dumps(value)}')
-  return tuple(_str(v, where, field) for v in value)
+  return tuple(_shared_str(v, where, field) for v in value)
 
 
 Checker = Callable[[Any, tuple, str], Any]
@@ -259,7 +260,7 @@ Checker = Callable[[Any, tuple, str], Any]
 # Per file: field -> (required, checker). Null in an optional field means "absent".
 _ITEM_FIELDS: dict[str, tuple[bool, Checker]] = {
     'item_id': (True, _nonempty_str), 'title': (True, _str), 'description': (False, _str),
-    'category': (False, _str), 'image': (False, _nonempty_str), 'context': (False, _context),
+    'category': (False, _shared_str), 'image': (False, _nonempty_str), 'context': (False, _context),
     'attributes': (False, _str_dict), 'title_omits': (False, _str_tuple),
 }
 _INTERACTION_FIELDS: dict[str, tuple[bool, Checker]] = {
@@ -319,22 +320,6 @@ def _check_image(path: pathlib.Path, where: tuple, field: str) -> None:
     raise DataError(*where, field, f'image {path} is {fmt}, expected PNG or JPEG')
 
 
-def _shared_strings(rec: dict[str, Any]) -> None:
-  """Replaces the repeating strings of an item record by one shared (interned) object each.
-
-  json.loads makes new string objects for every record, so 2M items would each hold their own
-  'color', 'black', 'shoes', ...; interned, each distinct string is held once."""
-  intern = sys.intern
-  if 'category' in rec:
-    rec['category'] = intern(rec['category'])
-  if 'attributes' in rec:
-    rec['attributes'] = {intern(k): intern(v) for k, v in rec['attributes'].items()}
-  if 'context' in rec:
-    rec['context'] = {intern(k): v for k, v in rec['context'].items()}
-  if 'title_omits' in rec:
-    rec['title_omits'] = tuple(intern(v) for v in rec['title_omits'])
-
-
 def _load_items(root: pathlib.Path, check_images: bool) -> list[Item]:
   """Items of `root` (an absolute, resolved directory) in file order."""
   path = root / ITEMS_FILE
@@ -351,7 +336,6 @@ def _load_items(root: pathlib.Path, check_images: bool) -> list[Item]:
       if check_images:
         _check_image(pathlib.Path(image), (path, line_no), 'image')
       rec['image'] = image
-    _shared_strings(rec)
     items.append(Item(**rec))
   if not items:
     raise DataError(path, 0, None, 'the catalog is empty')
