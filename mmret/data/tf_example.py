@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
 _MASK64 = (1 << 64) - 1
-# Values cached per field (flags, days, positions, query strings, empty tensors): at most this
+# Values cached per field (flags, days, positions, query strings, small tensors): at most this
 # many, so a field of unique values (item ids) costs bounded memory.
 _CACHE_PER_FIELD = 1 << 16
 _CACHED_ARRAY_SIZE = 16  # arrays of at most this many values are cached by value
