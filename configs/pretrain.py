@@ -291,6 +291,12 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   # encoder instead of three; QIM2's rows then carry the title slots, masked (more FLOPs for
   # that pass, docs/PERFORMANCE.md).
   c.share_calls = True
+  # One shared-encoder call per step instead of two (with share_calls): the query rows (with
+  # QIM2's packed in) padded to the item rows' length and concatenated with them along the batch
+  # (mmret/towers/packing.py). Same maths (tests/test_shared_calls.py); less to compile, ~10%
+  # more FLOPs in padded slots, so the CPU variants take it and base (accelerators, FLOP-bound)
+  # does not (docs/PERFORMANCE.md, issue 12).
+  c.single_call = not base
   c.remat = base
   # What remat keeps (a jax.checkpoint_policies name): nothing, the least activation memory.
   c.remat_policy = 'nothing_saveable'

@@ -50,14 +50,23 @@ def variables():
       jax.random.key(0))
 
 
+# model.share_calls / single_call: two shared-encoder calls, or one (query rows padded to the
+# item rows' length and concatenated with them, mmret/towers/packing.py).
+SHARED = {'two_calls': dict(share_calls=True, single_call=False),
+          'one_call': dict(share_calls=True, single_call=True)}
+SEPARATE = dict(share_calls=False, single_call=False)
+
+
+@pytest.mark.parametrize('mode', sorted(SHARED))
 @pytest.mark.parametrize('train', [False, True])
-def test_shared_calls_equal_separate_passes(variables, train):
-  """Query + QIM2 packed with a block-diagonal mask, item + judged negatives concatenated, QIM
-  and QIM2 in one cross call: every output equals the separate passes'."""
+def test_shared_calls_equal_separate_passes(variables, train, mode):
+  """Query + QIM2 packed with a block-diagonal mask, item + judged negatives concatenated (and
+  with single_call the query rows with them), QIM and QIM2 in one cross call: every output
+  equals the separate passes'."""
   batch = _batch_with_negatives()
   outs = {}
-  for share in (True, False):
-    model = PretrainModel(_config(share_calls=share), vocab_size=VOCAB, mask_token_id=MASK_ID)
+  for share, overrides in ((True, SHARED[mode]), (False, SEPARATE)):
+    model = PretrainModel(_config(**overrides), vocab_size=VOCAB, mask_token_id=MASK_ID)
     outs[share] = jax.jit(functools.partial(_apply, model, train=train))(variables, batch)
   assert set(outs[True]) == set(outs[False])
   assert {'qic_negatives', 'qim2_logits', 'mlm_title_logits', 'mpm_log_probs'} <= set(outs[True])
@@ -66,27 +75,45 @@ def test_shared_calls_equal_separate_passes(variables, train):
                                err_msg=key)
   # The packed query rows ignore QIM2's tokens: a different image leaves the query unchanged.
   other = dict(batch, image=np.asarray(batch['image'])[::-1])
-  model = PretrainModel(_config(share_calls=True), vocab_size=VOCAB, mask_token_id=MASK_ID)
+  model = PretrainModel(_config(**SHARED[mode]), vocab_size=VOCAB, mask_token_id=MASK_ID)
   moved = jax.jit(functools.partial(_apply, model, train=False))(variables, other)
   np.testing.assert_allclose(moved['query_vec'], _apply(model, variables, batch, False)['query_vec'],
                              atol=1e-6)
   assert not np.allclose(moved['qim2_logits'], outs[True]['qim2_logits'])
 
 
-def test_shared_calls_same_gradients(variables):
+@pytest.mark.parametrize('mode', sorted(SHARED))
+def test_shared_calls_same_gradients(variables, mode):
   batch = _batch_with_negatives()
   loss = load_config('configs/pretrain.py:tiny').loss
 
-  def grads(share):
-    model = PretrainModel(_config(share_calls=share), vocab_size=VOCAB, mask_token_id=MASK_ID)
+  def grads(overrides):
+    model = PretrainModel(_config(**overrides), vocab_size=VOCAB, mask_token_id=MASK_ID)
 
     def total(params):
       out = _apply(model, {**variables, 'params': params}, batch, True)
       return objective.pretrain_objective(out, batch, loss)[0]
     return jax.jit(jax.grad(total))(variables['params'])
 
-  for a, b in zip(jax.tree.leaves(grads(True)), jax.tree.leaves(grads(False))):
+  for a, b in zip(jax.tree.leaves(grads(SHARED[mode])), jax.tree.leaves(grads(SEPARATE))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_one_call_without_qim2_or_negatives(variables, train):
+  """single_call with the query alone (QIM2 off) and no judged negatives: the query rows
+  (shorter) are padded to the item rows; outputs equal the separate passes'."""
+  batch = make_batch(0)
+  tasks = ('mlm_query', 'mlm_title', 'mpm', 'qic', 'qim')
+  outs = []
+  for overrides in (SHARED['one_call'], SEPARATE):
+    model = PretrainModel(_config(**overrides), vocab_size=VOCAB, mask_token_id=MASK_ID,
+                          tasks=tasks)
+    outs.append(jax.jit(functools.partial(_apply, model, train=train))(variables, batch))
+  assert 'qim2_logits' not in outs[0] and 'qic_negatives' not in outs[0]
+  assert set(outs[0]) == set(outs[1])
+  for key in outs[0]:
+    np.testing.assert_allclose(outs[0][key], outs[1][key], rtol=2e-5, atol=2e-5, err_msg=key)
 
 
 def test_active_tasks_from_weights():

@@ -31,7 +31,7 @@ from mmret.encoders.transformer import EncoderLayer, EncoderStack, Transformer, 
 from mmret.encoders.transformer import layer_norm
 from mmret.ops import logical
 from mmret.towers import config as config_lib
-from mmret.towers import heads, masking, negatives
+from mmret.towers import heads, masking, negatives, packing
 
 _ACT = ('batch', 'length', 'embed')
 # The stage-1 tasks (config.loss.weights keys).
@@ -126,8 +126,8 @@ class PretrainModel(nn.Module):
     present = jnp.asarray(batch.get('image_present', jnp.ones((b,), bool)))
     return p, jnp.broadcast_to(present[:, None], (b, n))
 
-  def _item_tower(self, title_tokens, title_valid, patches, patch_valid, train, with_title=True):
-    """[CLS] title [SEP] patches -> (hidden [B, L, D], mask bool [B, L]).
+  def _item_rows(self, title_tokens, title_valid, patches, patch_valid, with_title=True):
+    """[CLS] title [SEP] patches -> the encoder's inputs (packing.Rows, mask bool [B, L]).
 
     title_tokens int [B, Lt], title_valid bool [B, Lt] (see `_title_valid`), patches [B, P, D],
     patch_valid bool [B, P]. Patches take positions 0..P-1 of their own (type 1 tells them from
@@ -145,11 +145,17 @@ class PretrainModel(nn.Module):
       positions = jnp.concatenate([positions[:1], positions[lt:]])
       types = jnp.concatenate([types[:1], types[lt:]])
     x = jnp.concatenate([emb, patches.astype(emb.dtype)], axis=1)
-    mask = jnp.concatenate([title_valid, patch_valid], axis=1)
     shape = x.shape[:2]
-    h = self.encoder(x, jnp.broadcast_to(types, shape), mask,
-                     positions=jnp.broadcast_to(positions, shape), train=train)
-    return h, mask
+    return packing.Rows(x, jnp.broadcast_to(types, shape), jnp.broadcast_to(positions, shape),
+                        jnp.concatenate([title_valid, patch_valid], axis=1))
+
+  def _encode(self, rows: packing.Rows, train):
+    return self.encoder(rows.x, rows.types, rows.mask, positions=rows.positions, train=train)
+
+  def _item_tower(self, title_tokens, title_valid, patches, patch_valid, train, with_title=True):
+    """`_item_rows` through the shared encoder -> (hidden [B, L, D], mask bool [B, L])."""
+    rows = self._item_rows(title_tokens, title_valid, patches, patch_valid, with_title)
+    return self._encode(rows, train), rows.mask
 
   @staticmethod
   def _title_valid(batch):
@@ -228,15 +234,18 @@ class PretrainModel(nn.Module):
     patches, valid = self._patches({k: jnp.concatenate([batch[k], neg[k]]) for k in keys})
     return (patches[:b], valid[:b]), (patches[b:], valid[b:])
 
-  def _query_and_qim2(self, q_in, q_mask, cls_tokens, patches, patch_valid, train):
-    """The query pass and QIM2's title-less item pass, packed into one encoder call.
+  def _query_rows(self, q_in, q_mask, cls_tokens, patches, patch_valid, with_qim2):
+    """The query pass's encoder inputs (packing.Rows), with QIM2's title-less item packed in.
 
-    Each row is [query (Lq) | [CLS] patches (1 + P)] with a block-diagonal attention mask, and
-    each part keeps its own positions and types, so every token sees exactly what it sees in
-    the separate passes, with no padding added (model.share_calls).
-    -> (q_h [B, Lq, D], q_mask), (i2_h [B, 1 + P, D], i2_mask bool [B, 1 + P]).
+    with_qim2: each row is [query (Lq) | [CLS] patches (1 + P)] with a block-diagonal pair mask
+    [B, L, L], each part keeping its own positions and types, so every token sees exactly what
+    it sees in the separate passes, with no padding added (model.share_calls); else the query
+    alone ([B, Lq] key mask).
     """
     b, lq = q_in.shape
+    if not with_qim2:
+      return packing.Rows(self.encoder.embed_tokens(q_in), jnp.zeros_like(q_in),
+                          jnp.broadcast_to(jnp.arange(lq), (b, lq)), q_mask)
     n = patches.shape[1]
     emb = self.encoder.embed_tokens(jnp.concatenate([q_in, cls_tokens], axis=1))
     x = jnp.concatenate([emb, patches.astype(emb.dtype)], axis=1)
@@ -246,9 +255,8 @@ class PretrainModel(nn.Module):
     valid = jnp.concatenate([q_mask, jnp.ones((b, 1), bool), patch_valid], axis=1)
     pairs = (segment[:, None] == segment[None, :])[None] & valid[:, None, :]  # [B, L, L]
     shape = x.shape[:2]
-    h = self.encoder(x, jnp.broadcast_to(types, shape), pairs,
-                     positions=jnp.broadcast_to(positions, shape), train=train)
-    return (h[:, :lq], q_mask), (h[:, lq:], valid[:, lq:])
+    return packing.Rows(x, jnp.broadcast_to(types, shape), jnp.broadcast_to(positions, shape),
+                        pairs)
 
   def _passes(self, batch, q_in, t_in, train):
     """Every encoder pass of a step -> ({name: (hidden [R, L, D], mask [R, L])}, MPM positions
@@ -257,33 +265,44 @@ class PretrainModel(nn.Module):
     [B*H], when the batch has them).
 
     With model.share_calls the shared encoder runs twice whatever the tasks: query + QIM2
-    packed (`_query_and_qim2`), item + judged negatives concatenated along the batch (the same
-    length). XLA then compiles two layer stacks instead of up to four.
+    packed (`_query_rows`), item + judged negatives concatenated along the batch (the same
+    length). XLA then compiles two layer stacks instead of up to four. model.single_call makes
+    it one call: the query rows padded to the item rows' length and concatenated with them
+    (mmret/towers/packing.py).
     """
+    c = self.config
     neg = {k[len('neg_'):]: v for k, v in batch.items() if k.startswith('neg_')}
     (patches, patch_valid), neg_patches = self._item_patches(batch, neg)
     masked, p_pos, p_w = self._mask_patches(patches, patch_valid, train and self._active('mpm'))
     q_mask = batch['query_mask']
-    share = self.config.share_calls
-    passes = {}
-    if share and self._active('qim2'):
-      passes['query'], passes['qim2'] = self._query_and_qim2(
-          q_in, q_mask, batch['title_tokens'][:, :1], patches, patch_valid, train)
-    else:
-      passes['query'] = (self._query_tower(q_in, q_mask, train), q_mask)
-      if self._active('qim2'):
+    b, lq = q_in.shape
+    with_qim2 = self._active('qim2')
+    item = self._item_rows(t_in, self._title_valid(batch), masked, patch_valid)
+    rows = {'item': item}
+    if neg:
+      rows['neg'] = self._item_rows(neg['title_tokens'], self._title_valid(neg), *neg_patches)
+    if not c.share_calls:
+      passes = {'query': (self._query_tower(q_in, q_mask, train), q_mask)}
+      if with_qim2:
         passes['qim2'] = self._item_tower(batch['title_tokens'], self._title_valid(batch),
                                           patches, patch_valid, train, with_title=False)
-    rows = {'item': (t_in, self._title_valid(batch), masked, patch_valid)}
-    if neg:
-      rows['neg'] = (neg['title_tokens'], self._title_valid(neg), *neg_patches)
-    if share and neg:
-      h, mask = self._item_tower(*[jnp.concatenate(parts) for parts in zip(*rows.values())],
-                                 train)
-      b = t_in.shape[0]
-      passes['item'], passes['neg'] = (h[:b], mask[:b]), (h[b:], mask[b:])
+      passes.update({name: (self._encode(r, train), r.mask) for name, r in rows.items()})
+      return passes, p_pos, p_w
+    query = self._query_rows(q_in, q_mask, batch['title_tokens'][:, :1], patches, patch_valid,
+                             with_qim2)
+    # Item and judged-negative rows have the same length: concatenated as they are.
+    items = packing.Rows(*(jnp.concatenate(f) for f in zip(*rows.values())))
+    if c.get('single_call', False):
+      h_query, h_items = packing.split(self._encode(packing.concat([query, items]), train),
+                                       [query, items])
     else:
-      passes.update({name: self._item_tower(*parts, train) for name, parts in rows.items()})
+      h_query, h_items = self._encode(query, train), self._encode(items, train)
+    passes = {'query': (h_query[:, :lq], q_mask), 'item': (h_items[:b], item.mask)}
+    if with_qim2:
+      passes['qim2'] = (h_query[:, lq:],
+                        jnp.concatenate([jnp.ones((b, 1), bool), patch_valid], axis=1))
+    if neg:
+      passes['neg'] = (h_items[b:], rows['neg'].mask)
     return passes, p_pos, p_w
 
   def __call__(self, batch, train: bool = False):
