@@ -42,12 +42,12 @@ def test_extract_prints_one_line_when_it_is_quick(capsys):
 
 def test_search_line_names_sizes_and_times(capsys):
   progress.searched(19, 200, 100, {'exact': 0.25, 'scann_build': 0.5, 'scann_search': 0.125,
-                                   'metrics': 0.0})
+                                   'metrics': 1.5})
   progress.searched(3, 7, 7, {'exact': 0.004, 'metrics': 0.0})
   assert capsys.readouterr().out.splitlines() == [
       '[eval] searched the top 100 of 200 items for 19 queries: exact 0.25s, ScaNN build 0.50s '
-      '+ search 0.12s',
-      '[eval] searched the top 7 of 7 items for 3 queries: exact 0.00s']
+      '+ search 0.12s, metrics 1.50s',
+      '[eval] searched the top 7 of 7 items for 3 queries: exact 0.00s, metrics 0.00s']
 
 
 def test_local_data_is_converted_without_a_download_message(tmp_path, capfd):

@@ -130,3 +130,78 @@ def test_build_eval_set():
   np.testing.assert_array_equal(grades, [[2, 1, 0], [-1, -1, -1]])
   np.testing.assert_array_equal(ev.category_relevant(np.array([0]), np.array([[1, 2]])),
                                 [[True, False]])
+
+
+def _random_catalog(seed, num_queries=40, num_items=300):
+  """Random queries (some naming nothing) and items (some without attributes, some omitting
+  attributes from their titles)."""
+  rng = np.random.default_rng(seed)
+  values = {'category': ['dress', 'bag', 'mug'], 'color': ['white', 'red', 'blue'],
+            'pattern': ['plain', 'dots'], 'material': ['silk', 'leather']}
+
+  def attrs(p_keep, p_category):
+    return {k: v[rng.integers(len(v))] for k, v in values.items()
+            if rng.random() < (p_category if k == 'category' else p_keep)}
+  queries = [attrs(0.4, 0.8) if rng.random() > 0.1 else {} for _ in range(num_queries)]
+  items = [attrs(0.9, 0.95) if rng.random() > 0.1 else {} for _ in range(num_items)]
+  omits = [tuple(k for k in a if k != 'category' and rng.random() < 0.3) for a in items]
+  return rng, queries, items, omits
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_match_counts_and_exact_items_equal_grading_every_pair(seed, monkeypatch):
+  """The grouped counts (no Q x N grading) equal counting grade() over every pair; also when
+  the codes are too many to pack into one int64 key (the np.unique fallback)."""
+  _, queries, items, _ = _random_catalog(seed)
+  grader = relevance.AttributeGrader(queries, items)
+  every = grader.grade(np.arange(len(queries))[:, None], np.arange(len(items))[None, :])
+  assert {0, 1, 2} <= set(every.ravel().tolist())  # not vacuous
+  for packed in (True, False):
+    if not packed:
+      monkeypatch.setattr(relevance, '_KEY_LIMIT', 1.0)
+    exact, partial = grader.match_counts()
+    np.testing.assert_array_equal(exact, np.where(every == relevance.UNGRADED, 0,
+                                                  every == 2).sum(axis=1))
+    np.testing.assert_array_equal(partial, (every == 1).sum(axis=1))
+    wanted = np.arange(0, len(queries), 2)
+    got = grader.exact_items(wanted)
+    named = [q for q in wanted.tolist() if queries[q]]
+    assert sorted(got) == named
+    for q in named:
+      np.testing.assert_array_equal(got[q], np.flatnonzero(every[q] == 2))
+
+
+def test_image_only_relevant_and_ideal_gains_equal_brute_force():
+  """build_eval_set's image-only ground truth and EvalSet.ideal_gains (both computed without a
+  pass over the catalog per query) equal their definitions applied to every pair, with logged
+  labels on items without attributes and on queries that name none."""
+  rng, queries, items, omits = _random_catalog(2, num_queries=25, num_items=120)
+  names = [f'q{k}' for k in range(len(queries))]
+  catalog = [records.Item(f'i{k}', f'item {k}', attributes=a, title_omits=o)
+             for k, (a, o) in enumerate(zip(items, omits))]
+  interactions = [_hit(q, f'i{rng.integers(len(items))}', 1, click=True) for q in names]
+  labelled = [records.Interaction(query=names[rng.integers(len(names))],
+                                  item_id=f'i{rng.integers(len(items))}', day=1,
+                                  relevance=float(rng.choice([0.0, 1.0, 2.0, 3.0])))
+              for _ in range(150)]
+  dataset = records.Dataset(
+      root=pathlib.Path('.'), items=catalog, interactions=interactions + labelled,
+      queries={n: records.QueryInfo(n, a) for n, a in zip(names, queries)}, context_names=())
+  ev = evalset.build_eval_set(dataset)
+  assert len(ev.queries) == len(names)
+  all_items = np.arange(len(items))
+  found_image_only = 0
+  for q, name in enumerate(ev.queries):
+    attrs = queries[names.index(name)]
+    expected = [i for i in all_items.tolist() if any(k != 'category' for k in attrs)
+                and relevance.grade(attrs, items[i]) == 2
+                and relevance.image_only_match(attrs, items[i], omits[i])] if attrs else []
+    np.testing.assert_array_equal(ev.image_only_relevant[q], expected, err_msg=name)
+    found_image_only += len(expected)
+  assert found_image_only > 0
+  for k in (5, 50, 500):
+    gains = ev.gain(np.arange(len(ev.queries)), np.broadcast_to(all_items, (len(ev.queries),
+                                                                           len(items))))
+    brute = -np.sort(-gains, axis=1)[:, :min(k, len(items))]
+    np.testing.assert_array_equal(ev.ideal_gains(k), brute)
+  assert (ev.ideal_gains(50) == 3).any()  # labels above the attribute grades are read too

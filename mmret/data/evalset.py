@@ -23,7 +23,6 @@ from mmret.data import records
 from mmret.data import relevance
 
 UNKNOWN = -1  # grade of a pair with neither attributes nor a logged relevance label
-_IDEAL_BLOCK = 1 << 22  # (query, item) pairs graded at once by EvalSet.ideal_gains
 
 
 @dataclasses.dataclass
@@ -94,20 +93,35 @@ class EvalSet:
 
   def ideal_gains(self, k: int) -> np.ndarray:
     """float32 [Q, min(k, N)]: each query's k largest gains over the whole catalog, the
-    ranking an nDCG@k over retrieved lists is divided by. Computed in blocks of queries (the
-    gains of all pairs would be Q x N) and cached per k."""
+    ranking an nDCG@k over retrieved lists is divided by; cached per k.
+
+    Counted, not graded pair by pair (Q x N would be 20G pairs at 10k queries x 2M items): a
+    query's attribute gains are 2 for each exact match and 1 for each partial one
+    (AttributeGrader.match_counts), every other item with attributes 0; the pairs `gain` takes
+    from logged labels (item without attributes, or a query that names none) are few and read
+    from label_keys.
+    """
     cache = self.__dict__.setdefault('_ideal_cache', {})
-    if k not in cache:
-      n = self.num_items
-      k_eff = min(k, n)
-      out = np.zeros((len(self.queries), k_eff), np.float32)
-      rows = max(1, _IDEAL_BLOCK // max(n, 1))
-      for start in range(0, len(self.queries), rows):
-        q = np.arange(start, min(start + rows, len(self.queries)))
-        g = self.gain(q, np.broadcast_to(np.arange(n), (q.size, n)))
-        top = -np.partition(-g, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n else g
-        out[q] = -np.sort(-top, axis=1)
-      cache[k] = out
+    if k in cache:
+      return cache[k]
+    n, nq = self.num_items, len(self.queries)
+    k_eff = min(k, n)
+    exact, partial = self.grader.match_counts()
+    graded = (self.grader.query_codes >= 0).any(axis=1)
+    q_l, i_l = np.divmod(self.label_keys, max(n, 1))
+    from_label = ~(graded[q_l] & self.item_has_attributes[i_l])
+    q_l = q_l[from_label]
+    label_gains = np.maximum(self.label_values[from_label], 0).astype(np.float32)
+    bounds = np.searchsorted(q_l, np.arange(nq + 1))  # label_keys are sorted by query
+    out = np.zeros((nq, k_eff), np.float32)
+    for q in range(nq):
+      ones = min(int(partial[q]), k_eff) if graded[q] else 0
+      twos = min(int(exact[q]), k_eff) if graded[q] else 0
+      gains = np.concatenate([np.full(twos, 2, np.float32), np.full(ones, 1, np.float32),
+                              label_gains[bounds[q]:bounds[q + 1]]])
+      top = -np.sort(-gains)[:k_eff]
+      out[q, :top.size] = top
+    cache[k] = out
     return cache[k]
 
   def judged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,16 +166,24 @@ def _judged_labels(dataset: records.Dataset, query_pos: dict[str, int]
 
 def _image_only_relevant(dataset: records.Dataset, query_attrs: list[dict[str, str]],
                          grader: relevance.AttributeGrader) -> list[np.ndarray]:
-  items = dataset.items
-  all_items = np.arange(len(items))
-  out = []
-  for q, attrs in enumerate(query_attrs):
-    if not any(k != 'category' for k in attrs):
-      out.append(np.zeros(0, np.int64))
-      continue
-    exact = np.flatnonzero(grader.grade(np.array([q]), all_items) == 2)  # vectorised pre-filter
-    out.append(np.array([i for i in exact.tolist() if relevance.image_only_match(
-        attrs, items[i].attributes, items[i].title_omits)], np.int64))
+  """Per query, the catalog items that match it exactly (grade 2) through an attribute their
+  title omits (relevance.image_only_match), from the grader's exact matches: no pass over the
+  catalog per query. Empty for queries that name no attribute besides the category."""
+  cols = {name: c for c, name in enumerate(grader.names)}
+  omitted = np.zeros((len(dataset.items), len(grader.names)), bool)  # [N, A]
+  for row, item in enumerate(dataset.items):
+    for name in item.title_omits:
+      if name in cols:
+        omitted[row, cols[name]] = True
+  wanted = [q for q, attrs in enumerate(query_attrs) if any(k != 'category' for k in attrs)]
+  exact = grader.exact_items(np.asarray(wanted, np.int64))
+  out = [np.zeros(0, np.int64) for _ in query_attrs]
+  for q in wanted:
+    # An exact match equals every attribute the query names: image-only when the title omits
+    # one of the named non-category attributes.
+    named = [cols[k] for k in query_attrs[q] if k != 'category']
+    items = exact.get(q, np.zeros(0, np.int64))
+    out[q] = items[omitted[items][:, named].any(axis=1)].astype(np.int64)
   return out
 
 

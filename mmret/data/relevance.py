@@ -20,6 +20,7 @@ import numpy as np
 NOT_NAMED = -1   # query code: the query does not name this attribute
 MISSING = -2     # item code: the item lacks this attribute
 UNGRADED = -1    # grade of a query that names no attribute at all
+_KEY_LIMIT = 2.0 ** 62  # _row_keys packs a row's codes into one int64 below this many values
 
 
 def _check(attrs: Mapping[str, str], side: str) -> None:
@@ -103,6 +104,75 @@ class AttributeGrader:
     """bool, broadcast shape: the query names a category and the item shares it."""
     q = self.query_codes[np.asarray(query_idx), 0]
     return (q >= 0) & (q == self.item_codes[np.asarray(item_idx), 0])
+
+  # Whole-catalog questions (ideal nDCG gains, image-only ground truth) without grading Q x N
+  # pairs (20G at 10k queries x 2M items): queries are grouped by the attributes they name, the
+  # items' codes in those columns become one sorted key per item, and each query's exact
+  # matches are a searchsorted range of it.
+
+  def _groups(self):
+    """Yields (query indices, item order int64 [N], sorted item keys [N], query keys) per set
+    of named attributes (queries that name nothing are left out: they grade nothing)."""
+    named = self.query_codes >= 0
+    patterns, which = np.unique(named, axis=0, return_inverse=True)
+    which = np.asarray(which).ravel()
+    for p, pattern in enumerate(patterns):
+      if not pattern.any():
+        continue
+      cols = np.flatnonzero(pattern)
+      members = np.flatnonzero(which == p)
+      item_keys, query_keys = _row_keys(self.item_codes[:, cols],
+                                        self.query_codes[members][:, cols])
+      order = np.argsort(item_keys, kind='stable')
+      yield members, order, item_keys[order], query_keys
+
+  def match_counts(self) -> tuple[np.ndarray, np.ndarray]:
+    """(exact int64 [Q], partial int64 [Q]): per query, how many catalog items grade 2 and how
+    many grade 1 (`grade_codes`), counted without grading every pair."""
+    q = self.query_codes.shape[0]
+    exact = np.zeros(q, np.int64)
+    for members, _, keys, query_keys in self._groups():
+      exact[members] = (np.searchsorted(keys, query_keys, 'right')
+                        - np.searchsorted(keys, query_keys, 'left'))
+    item_cat = self.item_codes[:, 0]
+    per_category = np.bincount(item_cat[item_cat >= 0],
+                               minlength=max(int(self.query_codes[:, 0].max(initial=-1)) + 1, 1))
+    cat = self.query_codes[:, 0]
+    # Grade >= 1: exact, or the same category; a query naming its category has its exact
+    # matches inside that category.
+    at_least_partial = np.where(cat >= 0, per_category[np.maximum(cat, 0)], exact)
+    return exact, at_least_partial - exact
+
+  def exact_items(self, wanted: np.ndarray) -> dict[int, np.ndarray]:
+    """{query index: sorted int64 item indices grading 2} for the queries in `wanted` that name
+    an attribute."""
+    wanted = set(np.asarray(wanted).tolist())
+    out = {}
+    for members, order, keys, query_keys in self._groups():
+      lo = np.searchsorted(keys, query_keys, 'left')
+      hi = np.searchsorted(keys, query_keys, 'right')
+      for m, a, b in zip(members.tolist(), lo.tolist(), hi.tolist()):
+        if m in wanted:
+          out[m] = order[a:b]  # a stable sort keeps equal keys in item order
+    return out
+
+
+def _row_keys(items: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Codes int [N, C] and [M, C] (>= MISSING) -> int64 keys [N] and [M], one per row, equal iff
+  the rows are equal (rows of either array)."""
+  radix = np.maximum(items.max(axis=0, initial=0), queries.max(axis=0, initial=0)) - MISSING + 1
+  if float(np.prod(radix.astype(np.float64))) >= _KEY_LIMIT:
+    # Too many values to pack into an int64: rank the distinct rows instead (slower, exact).
+    _, inverse = np.unique(np.concatenate([items, queries]), axis=0, return_inverse=True)
+    inverse = np.asarray(inverse, np.int64).ravel()
+    return inverse[:items.shape[0]], inverse[items.shape[0]:]
+  keys = []
+  for codes in (items, queries):
+    k = np.zeros(codes.shape[0], np.int64)
+    for col in range(codes.shape[1]):
+      k = k * int(radix[col]) + (codes[:, col].astype(np.int64) - MISSING)
+    keys.append(k)
+  return keys[0], keys[1]
 
 
 def image_only_match(query_attrs: Mapping[str, str], item_attrs: Mapping[str, str],

@@ -48,10 +48,13 @@ class Counter:
 
 
 def searched(num_queries: int, num_items: int, k: int, timings: dict[str, float]) -> None:
-  """One line: what was searched and how long each search took (RetrievalEvaluator timings)."""
+  """One line: what was searched, how long each search and the metrics over the rankings
+  took (RetrievalEvaluator timings)."""
   parts = [f'exact {timings["exact"]:.2f}s']
   if 'scann_search' in timings:
     parts.append(f'ScaNN build {timings["scann_build"]:.2f}s + search '
                  f'{timings["scann_search"]:.2f}s')
+  if 'metrics' in timings:
+    parts.append(f'metrics {timings["metrics"]:.2f}s')
   say(f'[eval] searched the top {k:,} of {num_items:,} items for {num_queries:,} queries: '
       + ', '.join(parts))
