@@ -184,3 +184,28 @@ def test_transforms_pickle_for_workers(data):
   batcher = pickle.loads(pickle.dumps(features.Batcher(features.PairFields(tok, 6, 6), 2, True)))
   b = batcher([row])
   assert b['valid'].tolist() == [True, False] and b['item_index'].tolist() == [2, 2]
+
+
+def test_item_source_decodes_the_item_fields_as_tfds_does(data):
+  """ItemSource decodes only the item fields, from raw records: equal (values and dtypes) to
+  TFDS's decoding of the whole row; batched `rows` equal single reads; it pickles."""
+  builder, _, tok, _, _ = data
+  full = builder.as_data_source(split='items')
+  items = pickle.loads(pickle.dumps(features.ItemSource(builder.data_dir)))
+  assert len(items) == len(full)
+  batch = items.rows([3, 0, 5])
+  for index, row in zip([3, 0, 5], batch):
+    assert sorted(row) == sorted(features.ITEM_ROW_FIELDS)
+    for key in features.ITEM_ROW_FIELDS:
+      for got in (row[key], items[index][key]):
+        np.testing.assert_array_equal(got, full[index][key], err_msg=key)
+        assert np.asarray(got).dtype == np.asarray(full[index][key]).dtype, key
+  # Two shards of the catalog pass: every item once, in order within each shard.
+  shards = [[i for b in pipelines.item_batches(builder, tok, batch_size=2, title_len=8,
+                                               shard_index=s, shard_count=2)
+             for i, v in zip(b['item_index'].tolist(), b['valid'].tolist()) if v]
+            for s in (0, 1)]
+  assert shards == [list(range(0, len(full), 2)), list(range(1, len(full), 2))]
+  with pytest.raises(ValueError, match='shard_index 2'):
+    pipelines.item_batches(builder, tok, batch_size=2, title_len=8, shard_index=2,
+                           shard_count=2)

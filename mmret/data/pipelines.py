@@ -112,18 +112,41 @@ def recall_pages(builder: tfds.core.DatasetBuilder, *, batch_size: int, seed: in
                    read_options=read_options)
 
 
+class _ItemBatch(grain.transforms.Map):
+  """Batch number -> the batch of `items` rows indices[b * B:(b + 1) * B], read in one call."""
+
+  def __init__(self, items: features.ItemSource, indices: range, batcher: features.Batcher):
+    self.items, self.indices, self.batcher = items, indices, batcher
+
+  def map(self, element: int):
+    size = self.batcher.batch_size
+    return self.batcher(self.items.rows(self.indices[element * size:(element + 1) * size]))
+
+
+# The catalog pass reads whole batches: two threads building batches ahead, a few batches kept.
+_ITEM_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+
+
 def item_batches(builder: tfds.core.DatasetBuilder, tokenizer: tokenizer_lib.Tokenizer,
                  batch_size: int, title_len: int, *, shard_index: int = 0, shard_count: int = 1,
                  read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
   """The catalog once, in item order (rows shard_index::shard_count), last batch padded.
 
   Batch: title_tokens/title_mask [B, Lt], image [B, S, S, 3], image_present, text_present,
-  item_index, context [B, C], context_present [B, C], valid bool [B].
+  item_index, context [B, C], context_present [B, C], valid bool [B]. Each batch's records are
+  read in one call and only the item fields decoded (features.ItemSource).
   """
+  _source(builder, 'items')  # the split exists
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f'shard_index {shard_index} is not in [0, {shard_count}).')
+  items = features.ItemSource(builder.data_dir)
+  indices = range(shard_index, len(items), shard_count)
+  if not indices:
+    raise ValueError(f'shard {shard_index} of {shard_count} is empty ({len(items)} rows).')
   batcher = features.Batcher(features.ItemFields(tokenizer, title_len), batch_size, pad=True)
-  return _pipeline(_source(builder, 'items'), batcher, seed=0, shard_index=shard_index,
-                   shard_count=shard_count, num_epochs=1, shuffle=False,
-                   read_options=read_options)
+  ds = grain.MapDataset.range(-(-len(indices) // batch_size)).map(
+      _ItemBatch(items, indices, batcher))
+  return ds.to_iter_dataset(read_options or _ITEM_READ_OPTIONS)
 
 
 def query_batches(queries: Sequence[str], tokenizer: tokenizer_lib.Tokenizer, batch_size: int,

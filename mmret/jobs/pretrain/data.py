@@ -72,7 +72,7 @@ class TrainInput:
     rng = np.random.default_rng((self.seed, step + 1))
     items, valid = judged.sample_judged_negatives(
         rng, self.negatives, host['query_index'], self.config.loss.judged_negatives)
-    rows = [self.items[int(i)] for i in items.ravel().tolist()]  # `items` rows: item_index too
+    rows = self.items.rows(items.ravel().tolist())  # `items` rows: item_index too
     neg = features.item_features(rows, self.data.tokenizer, self.config.data.title_len)
     for key in ('title_tokens', 'title_mask', 'image', 'image_present', 'text_present',
                 'item_index'):
