@@ -101,8 +101,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # judged irrelevant and never a positive, whatever its clicks.
   c.data.relevance = ml_collections.ConfigDict({'labels': '', 'threshold': 1.0})
   # Stage-1 training pairs (mmret/data/positives.py): 'all' positive pairs, or the source's
-  # 'most_clicked' item per query (DESIGN.md §1). 'all' is the default; a 3-seed comparison of
-  # the two has not been run yet.
+  # 'most_clicked' item per query (DESIGN.md §1). 'all' is the default by a 3-seed comparison
+  # (README: Recall@100 0.699 +- 0.019 against 0.667 +- 0.006, at encoder rate 2e-4).
   c.data.positives = 'all'
 
   c.model = model_config(variant)
