@@ -9,7 +9,7 @@ r"""Times what an evaluation does besides the model and the search, at catalog s
 Writes JSON (--out) and prints it:
   load_seconds, build_eval_set_seconds, ideal_gains_seconds, items, interactions, eval_queries,
   image_only_relevant_pairs, ideal_gains_sum (a checksum to compare two versions of the code),
-  catalog_items_per_sec, catalog_batches, host_cores, device.
+  catalog_items_per_sec, catalog_batches, host_cores, device, date, command.
 
   python bench/eval_inputs.py --source ~/.cache/mmret/synthshop-large-<hash> --out eval.json
   python bench/eval_inputs.py --builder_dir ~/.cache/mmret/tfds/mmret_byod/<hash>/1.1.0 \
@@ -17,6 +17,7 @@ Writes JSON (--out) and prints it:
 """
 
 import argparse
+import datetime
 import itertools
 import json
 import os
@@ -28,6 +29,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top
+from mmret import files
 from mmret.data import evalset
 from mmret.data import pipelines
 from mmret.data import records
@@ -78,15 +80,19 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
   if not (args.source or args.builder_dir):
     parser.error('give --source and/or --builder_dir')
-  out = {'host_cores': os.cpu_count(), 'device': f'{platform.machine()} CPU'}
+  out = {'host_cores': os.cpu_count(), 'device': f'{platform.machine()} CPU',
+         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+         'command': 'python bench/eval_inputs.py ' + ' '.join(sys.argv[1:] if argv is None
+                                                               else argv)}
   if args.source:
     out.update(eval_set_times(os.path.expanduser(args.source), args.k))
   if args.builder_dir:
     out.update(catalog_rate(os.path.expanduser(args.builder_dir), args.batch_size, args.batches,
                             args.tokenizer, args.cache_dir))
-  print(json.dumps(out, indent=2))
+  text = json.dumps(out, indent=2)
+  print(text)
   if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(out, indent=2) + '\n')
+    files.write_text_atomic(pathlib.Path(args.out), text + '\n')
   return out
 
 
