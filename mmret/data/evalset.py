@@ -114,9 +114,8 @@ class EvalSet:
     label_gains = np.maximum(self.label_values[from_label], 0).astype(np.float32)
     bounds = np.searchsorted(q_l, np.arange(nq + 1))  # label_keys are sorted by query
     out = np.zeros((nq, k_eff), np.float32)
-    for q in range(nq):
-      ones = min(int(partial[q]), k_eff) if graded[q] else 0
-      twos = min(int(exact[q]), k_eff) if graded[q] else 0
+    for q in range(nq):  # a query that names nothing has no exact or partial matches
+      twos, ones = min(int(exact[q]), k_eff), min(int(partial[q]), k_eff)
       gains = np.concatenate([np.full(twos, 2, np.float32), np.full(ones, 1, np.float32),
                               label_gains[bounds[q]:bounds[q + 1]]])
       top = -np.sort(-gains)[:k_eff]

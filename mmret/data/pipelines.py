@@ -39,17 +39,24 @@ def _source(builder: tfds.core.DatasetBuilder, split: str):
   return builder.as_data_source(split=split)
 
 
+def _shard_rows(num_rows: int, shard_index: int, shard_count: int) -> range:
+  """Rows shard_index::shard_count of num_rows; a clear error for a bad or empty shard."""
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f'shard_index {shard_index} is not in [0, {shard_count}).')
+  rows = range(shard_index, num_rows, shard_count)
+  if not rows:
+    raise ValueError(f'shard {shard_index} of {shard_count} is empty ({num_rows} rows).')
+  return rows
+
+
 def _pipeline(source, batcher: features.Batcher, *, seed: int, shard_index: int,
               shard_count: int, num_epochs: int | None, shuffle: bool = True,
               filter_fn: grain.transforms.Filter | None = None,
               map_fn: grain.transforms.Map | None = None,
               read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
   """Assembles source -> shard -> shuffle -> repeat -> filter -> map -> batch."""
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f'shard_index {shard_index} is not in [0, {shard_count}).')
+  _shard_rows(len(source), shard_index, shard_count)
   ds = grain.MapDataset.source(source)[shard_index::shard_count]
-  if len(ds) == 0:  # pylint: disable=g-explicit-length-test
-    raise ValueError(f'shard {shard_index} of {shard_count} is empty ({len(source)} rows).')
   if shuffle:
     ds = ds.shuffle(seed=seed)
   if num_epochs != 1:
@@ -137,12 +144,8 @@ def item_batches(builder: tfds.core.DatasetBuilder, tokenizer: tokenizer_lib.Tok
   read in one call and only the item fields decoded (features.ItemSource).
   """
   _source(builder, 'items')  # the split exists
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f'shard_index {shard_index} is not in [0, {shard_count}).')
   items = features.ItemSource(builder.data_dir)
-  indices = range(shard_index, len(items), shard_count)
-  if not indices:
-    raise ValueError(f'shard {shard_index} of {shard_count} is empty ({len(items)} rows).')
+  indices = _shard_rows(len(items), shard_index, shard_count)
   batcher = features.Batcher(features.ItemFields(tokenizer, title_len), batch_size, pad=True)
   ds = grain.MapDataset.range(-(-len(indices) // batch_size)).map(
       _ItemBatch(items, indices, batcher))
