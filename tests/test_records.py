@@ -49,6 +49,39 @@ def test_split_rule_and_positives(dataset, tmp_path):
   assert not records.Interaction('q', 'a1', engaged=False).positive(1.0)
 
 
+def test_interaction_columns(dataset, tmp_path):
+  """Dataset.columns: the log as arrays, equal to the per-object methods it replaces in hot
+  paths, rebuilt when the interaction list is replaced."""
+  cols = dataset.columns()
+  xs = dataset.interactions
+  assert cols.queries == list(dict.fromkeys(x.query for x in xs))
+  assert [cols.queries[q] for q in cols.query.tolist()] == [x.query for x in xs]
+  index = dataset.item_index()
+  assert cols.item.tolist() == [index[x.item_id] for x in xs]
+  assert cols.is_eval.tolist() == [s == 'eval' for s in dataset.splits()]
+  assert cols.positive.tolist() == [dataset.positive(x) for x in xs]
+  keys = dataset.page_keys()  # same page <=> same page index
+  assert all((keys[a] == keys[b]) == (cols.page[a] == cols.page[b])
+             for a in range(len(xs)) for b in range(len(xs)))
+  assert dataset.columns() is cols  # kept
+  I = records.Interaction
+  d = records.Dataset(root=tmp_path, items=dataset.items, queries={}, context_names=(),
+                      interactions=[I('q', 'a2', relevance=0.5, split='train'),
+                                    I('r', 'a1', click=True, relevance=2.0, day=3),
+                                    I('q', 'a3', page_id='p', day=1)])
+  c = d.columns()
+  assert c.queries == ['q', 'r'] and c.query.tolist() == [0, 1, 0]
+  assert c.item.tolist() == [1, 0, 2] and c.page.tolist() == [0, 1, 2]
+  assert c.is_eval.tolist() == [False, True, False]  # day 3 is the last day
+  assert c.positive.tolist() == [False, True, True]  # 0.5 < threshold 1: judged irrelevant
+  assert c.judged_irrelevant.tolist() == [True, False, False]
+  np.testing.assert_array_equal(c.relevance, [0.5, 2.0, np.nan])
+  d.interactions = d.interactions[:2]
+  assert d.columns().query.tolist() == [0, 1]  # a new list: rebuilt
+  with pytest.raises(ValueError, match="split 'dev'"):
+    evalset.build_eval_set(d, split='dev')
+
+
 def test_eval_set(dataset):
   es = evalset.build_eval_set(dataset)
   # sneakers was searched on day 2 but nothing was clicked: no target, not an eval query.

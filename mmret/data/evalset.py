@@ -146,21 +146,20 @@ class EvalSet:
     return self.grader.category_relevant(np.asarray(query_idx)[:, None], np.asarray(item_idx))
 
 
-def _judged_labels(dataset: records.Dataset, query_pos: dict[str, int]
+def _judged_labels(cols: records.InteractionColumns, query_row: np.ndarray, n: int
                    ) -> tuple[np.ndarray, np.ndarray]:
-  """Sorted pair keys and max grade of every logged relevance label of an eval query."""
-  index = dataset.item_index()
-  n = len(dataset.items)
-  best: dict[int, float] = {}
+  """Sorted pair keys (query row * n + item) and max grade of every logged relevance label of
+  an eval query. query_row: int64 [Q_log], each log query's row in the eval set, -1 if none."""
   # Relevance is a property of the pair, not of the day: labels from every split count.
-  for x in dataset.interactions:
-    if x.relevance is None or x.query not in query_pos:
-      continue
-    key = query_pos[x.query] * n + index[x.item_id]
-    best[key] = max(best.get(key, x.relevance), x.relevance)
-  keys = np.array(sorted(best), np.int64)
-  values = np.array([best[k] for k in keys.tolist()], np.float32)
-  return keys, values
+  rows = query_row[cols.query]
+  keep = (rows >= 0) & ~np.isnan(cols.relevance)
+  keys = rows[keep] * n + cols.item[keep]
+  grades = cols.relevance[keep]
+  order = np.lexsort((grades, keys))  # by key, then grade: each key's last row is its max
+  keys, grades = keys[order], grades[order]
+  last = np.ones(keys.size, bool)
+  last[:-1] = keys[1:] != keys[:-1]
+  return keys[last], grades[last].astype(np.float32)
 
 
 def _image_only_relevant(dataset: records.Dataset, query_attrs: list[dict[str, str]],
@@ -195,32 +194,49 @@ def build_eval_set(dataset: records.Dataset, *, split: str = 'eval',
   split / queries: the same over another split, restricted to these queries (the validation
   set carved from the training queries, mmret.data.validation).
   """
-  index = dataset.item_index()
-  found: dict[str, set[int]] = {}
-  pages: dict[str, set[tuple]] = {}
-  for x, s, page in zip(dataset.interactions, dataset.splits(), dataset.page_keys()):
-    if s != split or (queries is not None and x.query not in queries):
-      continue
-    pages.setdefault(x.query, set()).add(page)
-    if dataset.positive(x):
-      found.setdefault(x.query, set()).add(index[x.item_id])
+  if split not in records.SPLITS:
+    raise ValueError(f'split {split!r}: expected one of {records.SPLITS}.')
+  cols = dataset.columns()
+  n = len(dataset.items)
+  on_split = cols.is_eval if split == 'eval' else ~cols.is_eval
+  if queries is not None:
+    on_split = on_split & np.array([q in queries for q in cols.queries], bool)[cols.query]
+  q_rows = cols.query[on_split]
+  has_target = np.zeros(len(cols.queries), bool)
+  has_target[cols.query[on_split & cols.positive]] = True
+  # Eval queries: those with a target, in order of first appearance on the split.
+  seen, first = np.unique(q_rows, return_index=True)
+  keep = has_target[seen]
+  order = seen[keep][np.argsort(first[keep], kind='stable')]
+  query_row = np.full(len(cols.queries), -1, np.int64)
+  query_row[order] = np.arange(order.size)
+  names = [cols.queries[c] for c in order.tolist()]
+  nq = len(names)
 
-  names = [q for q in pages if q in found]  # dict order = first appearance
+  # Distinct pages per query (query_counts) and distinct positive items (targets).
+  num_pages = int(cols.page.max()) + 1 if cols.page.size else 1
+  pairs = np.unique(query_row[q_rows] * num_pages + cols.page[on_split])
+  pairs = pairs[pairs >= 0]
+  query_counts = np.bincount(pairs // num_pages, minlength=nq).astype(np.int64)
+  hits = on_split & cols.positive
+  pairs = np.unique(query_row[cols.query[hits]] * n + cols.item[hits])
+  bounds = np.searchsorted(pairs // max(n, 1), np.arange(nq + 1))
+  targets = [pairs[bounds[q]:bounds[q + 1]] % max(n, 1) for q in range(nq)]
+
   query_attrs = [dict(dataset.queries[q].attributes) if q in dataset.queries else {}
                  for q in names]
-  targets, image_only = [], []
-  for q, attrs in zip(names, query_attrs):
-    t = np.array(sorted(found[q]), np.int64)
-    targets.append(t)
+  image_only = []
+  for attrs, t in zip(query_attrs, targets):
     image_only.append(np.array(
         [i for i in t.tolist() if relevance.image_only_match(
             attrs, dataset.items[i].attributes, dataset.items[i].title_omits)], np.int64))
-  label_keys, label_values = _judged_labels(dataset, {q: k for k, q in enumerate(names)})
+  label_keys, label_values = _judged_labels(cols, query_row, n)
+  judged = ~np.isnan(cols.relevance)
   grader = relevance.AttributeGrader(query_attrs, [it.attributes for it in dataset.items])
   return EvalSet(
       queries=names,
       query_attributes=query_attrs,
-      query_counts=np.array([len(pages[q]) for q in names], np.int64),
+      query_counts=query_counts,
       targets=targets,
       image_only_targets=image_only,
       image_only_relevant=_image_only_relevant(dataset, query_attrs, grader),
@@ -229,5 +245,4 @@ def build_eval_set(dataset: records.Dataset, *, split: str = 'eval',
       label_keys=label_keys,
       label_values=label_values,
       relevant_threshold=dataset.relevance.threshold,
-      top_grade=max((x.relevance for x in dataset.interactions if x.relevance is not None),
-                    default=0.0))
+      top_grade=float(np.nanmax(cols.relevance)) if judged.any() else 0.0)

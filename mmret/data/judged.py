@@ -22,20 +22,16 @@ from mmret.data import records
 def judged_negatives(dataset: records.Dataset, queries: Sequence[str]) -> list[np.ndarray]:
   """Per query of `queries` (in order), the sorted int64 catalog indices judged irrelevant for
   it on the train split and never positive or relevant for it anywhere."""
-  index = dataset.item_index()
+  cols = dataset.columns()
+  n = max(len(dataset.items), 1)
   position = {q: i for i, q in enumerate(queries)}
-  irrelevant: dict[int, set[int]] = {}
-  relevant: dict[int, set[int]] = {}
-  for x, split in zip(dataset.interactions, dataset.splits()):
-    q = position.get(x.query)
-    if q is None:
-      continue
-    if dataset.positive(x) or (x.relevance is not None and not dataset.judged_irrelevant(x)):
-      relevant.setdefault(q, set()).add(index[x.item_id])
-    elif dataset.judged_irrelevant(x) and split == 'train':
-      irrelevant.setdefault(q, set()).add(index[x.item_id])
-  return [np.array(sorted(irrelevant.get(q, set()) - relevant.get(q, set())), np.int64)
-          for q in range(len(queries))]
+  row = np.array([position.get(q, -1) for q in cols.queries], np.int64)[cols.query]
+  graded_relevant = ~np.isnan(cols.relevance) & ~cols.judged_irrelevant
+  relevant = np.unique((row * n + cols.item)[(row >= 0) & (cols.positive | graded_relevant)])
+  wanted = (row >= 0) & cols.judged_irrelevant & ~cols.is_eval
+  irrelevant = np.setdiff1d(np.unique(row[wanted] * n + cols.item[wanted]), relevant)
+  bounds = np.searchsorted(irrelevant // n, np.arange(len(queries) + 1))
+  return [irrelevant[bounds[q]:bounds[q + 1]] % n for q in range(len(queries))]
 
 
 def sample_judged_negatives(rng: np.random.Generator, table: Sequence[np.ndarray],

@@ -9,6 +9,8 @@ takes every clicked (or bought, or relevant-judged) pair. `data.positives` selec
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from mmret.data import records
 
 CHOICES = ('all', 'most_clicked')  # config.data.positives
@@ -17,16 +19,18 @@ CHOICES = ('all', 'most_clicked')  # config.data.positives
 def most_clicked_pairs(dataset: records.Dataset, queries: Sequence[str]
                        ) -> frozenset[tuple[int, int]]:
   """(query_index into `queries`, item_index) of each train query's most-clicked item."""
-  index = dataset.item_index()
+  cols = dataset.columns()
+  n = max(len(dataset.items), 1)
   position = {q: i for i, q in enumerate(queries)}
-  counts: dict[int, dict[int, int]] = {}
-  for x, split in zip(dataset.interactions, dataset.splits()):
-    if split == 'train' and dataset.positive(x) and x.query in position:
-      per_item = counts.setdefault(position[x.query], {})
-      per_item[index[x.item_id]] = per_item.get(index[x.item_id], 0) + 1
-  # max over (count, -item): the most clicked, then the lowest index.
-  return frozenset((q, max(items, key=lambda i, c=items: (c[i], -i)))
-                   for q, items in counts.items())
+  row = np.array([position.get(q, -1) for q in cols.queries], np.int64)[cols.query]
+  hits = (row >= 0) & ~cols.is_eval & cols.positive
+  pairs, counts = np.unique(row[hits] * n + cols.item[hits], return_counts=True)
+  # Per query the most clicked item, then the lowest index: sort by (query, -count, item).
+  order = np.lexsort((pairs % n, -counts, pairs // n))
+  pairs = pairs[order]
+  first = np.ones(pairs.size, bool)
+  first[1:] = pairs[1:] // n != pairs[:-1] // n
+  return frozenset(zip((pairs[first] // n).tolist(), (pairs[first] % n).tolist()))
 
 
 def check(choice: str) -> str:

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 ITEMS_FILE = 'items.jsonl'
@@ -124,6 +125,31 @@ class Interaction:
     return True
 
 
+@dataclasses.dataclass(frozen=True)
+class InteractionColumns:
+  """The interaction log as arrays (Dataset.columns): M interactions, Q distinct query strings.
+
+  Evaluation sets, the validation split and the judged negatives read the log through these
+  vectorised arrays instead of looping over M objects per use (SynthShop `large`: 14M).
+  queries:   [Q] distinct query strings, in order of first appearance in the log.
+  query:     int64 [M] index into `queries`.
+  item:      int64 [M] catalog index of the item.
+  page:      int64 [M] index of the result page (Dataset.page_keys: page_id, else (query, day)).
+  is_eval:   bool [M] on the eval split (Dataset.splits).
+  positive:  bool [M] Dataset.positive.
+  judged_irrelevant: bool [M] Dataset.judged_irrelevant (graded below the threshold).
+  relevance: float32 [M] the judged grade; NaN where none was given.
+  """
+  queries: list[str]
+  query: np.ndarray
+  item: np.ndarray
+  page: np.ndarray
+  is_eval: np.ndarray
+  positive: np.ndarray
+  judged_irrelevant: np.ndarray
+  relevance: np.ndarray
+
+
 @dataclasses.dataclass
 class QueryInfo:
   """A line of queries.jsonl: ground-truth attributes of a query string."""
@@ -161,6 +187,35 @@ class Dataset:
     return [shared.setdefault(key, key) for key in
             (('id', x.page_id) if x.page_id is not None else ('qd', x.query, x.day)
              for x in self.interactions)]
+
+  def columns(self) -> InteractionColumns:
+    """The log as arrays (InteractionColumns), built in one pass and kept: call again after
+    replacing or resizing `interactions` and it is rebuilt (in-place edits of single
+    interactions are not seen)."""
+    key = (id(self.interactions), len(self.interactions), self.relevance)
+    cached = self.__dict__.get('_columns')
+    if cached is not None and cached[0] == key:
+      return cached[1]
+    xs, m = self.interactions, len(self.interactions)
+    index = self.item_index()
+    query_pos: dict[str, int] = {}
+    page_pos: dict[tuple, int] = {}
+    nan = float('nan')
+    cols = InteractionColumns(
+        query=np.fromiter((query_pos.setdefault(x.query, len(query_pos)) for x in xs),
+                          np.int64, m),
+        queries=[],
+        item=np.fromiter((index[x.item_id] for x in xs), np.int64, m),
+        page=np.fromiter((page_pos.setdefault(k, len(page_pos)) for k in self.page_keys()),
+                         np.int64, m),
+        is_eval=np.array([s == 'eval' for s in self.splits()], bool).reshape(m),
+        positive=np.fromiter((self.positive(x) for x in xs), bool, m),
+        judged_irrelevant=np.fromiter((self.judged_irrelevant(x) for x in xs), bool, m),
+        relevance=np.fromiter((nan if x.relevance is None else x.relevance for x in xs),
+                              np.float32, m))
+    cols.queries.extend(query_pos)  # dict order = first appearance
+    self.__dict__['_columns'] = (key, cols)
+    return cols
 
   def splits(self) -> list[str]:
     """Per interaction 'train' or 'eval' (ARCHITECTURE.md split rule).

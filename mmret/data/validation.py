@@ -14,6 +14,8 @@ membership does not depend on which other queries the log holds. On a small log 
 
 import hashlib
 
+import numpy as np
+
 from mmret.data import records
 
 SALT = 'mmret/validation/v1'
@@ -39,13 +41,13 @@ def validation_queries(dataset: records.Dataset, share: float, salt: str = SALT,
     raise ValueError(f'validation share {share} must be in [0, 1).')
   if isinstance(min_queries, bool) or not isinstance(min_queries, int) or min_queries < 0:
     raise ValueError(f'validation min_queries {min_queries!r} must be an int >= 0.')
-  train, evaluated = set(), set()
-  for x, split in zip(dataset.interactions, dataset.splits()):
-    if split == 'eval':
-      evaluated.add(x.query)
-    elif dataset.positive(x):
-      train.add(x.query)
-  candidates = sorted(train - evaluated, key=lambda q: (query_fraction(q, salt), q))
+  cols = dataset.columns()
+  evaluated = np.zeros(len(cols.queries), bool)
+  evaluated[cols.query[cols.is_eval]] = True
+  train = np.zeros(len(cols.queries), bool)
+  train[cols.query[~cols.is_eval & cols.positive]] = True
+  candidates = sorted((cols.queries[q] for q in np.flatnonzero(train & ~evaluated).tolist()),
+                      key=lambda q: (query_fraction(q, salt), q))
   if not share:
     return []
   by_share = sum(query_fraction(q, salt) < share for q in candidates)
