@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import orjson
 from PIL import Image
 
 ITEMS_FILE = 'items.jsonl'
@@ -334,18 +335,15 @@ def _read_jsonl(path: pathlib.Path, fields: dict[str, tuple[bool, Checker]]
   """Yields (line number, checked fields without absent ones) for each non-blank line."""
   with open(path, 'rb') as f:
     for line_no, raw in enumerate(f, start=1):
-      try:
-        line = raw.decode('utf-8')
-      except UnicodeDecodeError as e:
-        raise DataError(path, line_no, None, f'not UTF-8 (byte 0x{raw[e.start]:02x} at column '
-                        f'{e.start + 1}); save the file as UTF-8') from None
-      if not line.strip():
-        continue
       where = (path, line_no)
       try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(path, line_no, None, f'malformed JSON: {e.msg} (column {e.colno})') from e
+        record = orjson.loads(raw)  # several times faster than `json` on 14M lines
+      except orjson.JSONDecodeError:
+        # Not strict RFC 8259 JSON, or no JSON at all: the `json` module decides, as it always
+        # did (NaN parses and is then rejected by the field's checker, naming the field).
+        record = _parse_line(raw, path, line_no)
+        if record is None:  # blank line
+          continue
       if not isinstance(record, dict):
         raise DataError(path, line_no, None, 'expected a JSON object per line')
       out = {}
@@ -359,6 +357,21 @@ def _read_jsonl(path: pathlib.Path, fields: dict[str, tuple[bool, Checker]]
         if required and name not in out:
           raise DataError(path, line_no, name, 'missing required field')
       yield line_no, out
+
+
+def _parse_line(raw: bytes, path: pathlib.Path, line_no: int) -> Any:
+  """One line through the `json` module: its value, None for a blank line, or DataError."""
+  try:
+    line = raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise DataError(path, line_no, None, f'not UTF-8 (byte 0x{raw[e.start]:02x} at column '
+                    f'{e.start + 1}); save the file as UTF-8') from None
+  if not line.strip():
+    return None
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError as e:
+    raise DataError(path, line_no, None, f'malformed JSON: {e.msg} (column {e.colno})') from e
 
 
 def _check_image(path: pathlib.Path, where: tuple, field: str) -> None:
