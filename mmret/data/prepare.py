@@ -63,10 +63,11 @@ class PreparedData:
   def require_train_positives(self) -> None:
     """Raises DataError (before any training) when no train interaction is a positive (or an
     engaged impression): every job learns from those, and would fail late or learn nothing."""
-    splits = self.dataset.splits()
-    if not any(split == 'train' and (self.dataset.positive(x) or x.engaged)
-               for x, split in zip(self.dataset.interactions, splits)):
-      n_train = splits.count('train')
+    cols = self.dataset.columns()
+    train = ~cols.is_eval
+    if not (train & cols.positive).any() and not any(
+        self.dataset.interactions[row].engaged for row in np.flatnonzero(train).tolist()):
+      n_train = int(train.sum())
       raise records.DataError(
           self.dataset.root / records.INTERACTIONS_FILE, 0, None,
           f'none of the {n_train:,} train interactions is a positive (click, purchase or '
@@ -79,11 +80,9 @@ class PreparedData:
     The probability with which the pair pipeline (uniform over positive interactions) puts an
     item into a batch: the q of the logQ correction.
     """
-    index = self.dataset.item_index()
-    counts = np.ones(self.num_items, np.float64)
-    for x, split in zip(self.dataset.interactions, self.dataset.splits()):
-      if split == 'train' and self.dataset.positive(x):
-        counts[index[x.item_id]] += 1
+    cols = self.dataset.columns()
+    counts = 1.0 + np.bincount(cols.item[~cols.is_eval & cols.positive],
+                               minlength=self.num_items)
     return np.log(counts / counts.sum()).astype(np.float32)
 
   def sample_images(self, seed: int, count: int = 2048) -> np.ndarray:
@@ -137,8 +136,9 @@ def tokenizer_corpus(dataset: records.Dataset) -> list[str]:
   """Texts a trained WordPiece sees: catalog titles and descriptions, and the train queries."""
   texts = [it.title for it in dataset.items] + [it.description for it in dataset.items
                                                 if it.description]
-  train = {x.query for x, split in zip(dataset.interactions, dataset.splits()) if split == 'train'}
-  return texts + sorted(train)
+  cols = dataset.columns()
+  train = np.unique(cols.query[~cols.is_eval])
+  return texts + sorted(cols.queries[q] for q in train.tolist())
 
 
 def _parse_labels(labels: Any) -> dict[str, float]:

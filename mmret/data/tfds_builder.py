@@ -147,21 +147,19 @@ class ByodBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager) -> dict[str, Iterator]:
     del dl_manager  # everything is local
-    d = self._dataset
-    splits = d.splits()
-    train_queries = sorted({x.query for x, s in zip(d.interactions, splits) if s == 'train'})
+    cols = self._dataset.columns()
+    train = ~cols.is_eval
+    train_queries = sorted(cols.queries[q] for q in np.unique(cols.query[train]).tolist())
     self._query_index = {q: i for i, q in enumerate(train_queries)}
-    keys = d.page_keys()
-    page_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}  # first-appearance order
-    self._page_index = [page_of[k] for k in keys]
+    self._page_index = cols.page.tolist()  # pages numbered by first appearance
+    splits = np.where(cols.is_eval, 'eval', 'train').tolist()
     gens = {'items': self._generate_examples('items', None)}
-    for name in ('train', 'eval'):
-      rows = [i for i, s in enumerate(splits) if s == name]
-      if rows:
-        gens[name] = self._generate_examples('interactions', rows)
+    for name, rows in (('train', train), ('eval', cols.is_eval)):
+      if rows.any():
+        gens[name] = self._generate_examples('interactions', np.flatnonzero(rows).tolist())
     if train_queries:
-      gens['queries'] = self._generate_examples('queries', splits)
-      if any(d.positive(d.interactions[i]) for i, s in enumerate(splits) if s == 'train'):
+      gens['queries'] = self._generate_examples('queries', cols)
+      if (train & cols.positive).any():
         gens['train_pages'] = self._generate_examples('train_pages', splits)
     return gens
 
@@ -204,11 +202,9 @@ class ByodBuilder(tfds.core.GeneratorBasedBuilder):
         example[name], example[f'{name}_present'] = _flag(getattr(x, name))
       yield row, example
 
-  def _queries(self, splits: list[str]) -> Iterator[tuple[int, dict]]:
-    counts = np.zeros(len(self._query_index), np.int64)
-    for x, s in zip(self._dataset.interactions, splits):
-      if s == 'train':
-        counts[self._query_index[x.query]] += 1
+  def _queries(self, cols: records.InteractionColumns) -> Iterator[tuple[int, dict]]:
+    position = np.array([self._query_index.get(q, -1) for q in cols.queries], np.int64)
+    counts = np.bincount(position[cols.query[~cols.is_eval]], minlength=len(self._query_index))
     for q, i in self._query_index.items():
       yield i, {'query': q, 'query_index': i, 'train_count': int(counts[i])}
 

@@ -54,15 +54,11 @@ class ItemStats:
 
 def item_stats(data: prepare_lib.PreparedData) -> ItemStats:
   dataset = data.dataset
-  index = dataset.item_index()
+  cols = dataset.columns()
   n = len(dataset.items)
-  impressions = np.zeros(n, np.float32)
-  clicks = np.zeros(n, np.float32)
-  for x, split in zip(dataset.interactions, dataset.splits()):
-    if split == 'train':
-      i = index[x.item_id]
-      impressions[i] += 1
-      clicks[i] += float(dataset.positive(x))
+  train = ~cols.is_eval
+  impressions = np.bincount(cols.item[train], minlength=n).astype(np.float32)
+  clicks = np.bincount(cols.item[train & cols.positive], minlength=n).astype(np.float32)
   names = sorted({it.category for it in dataset.items if it.category})
   cat_index = {c: k + 1 for k, c in enumerate(names)}
   category = np.array([cat_index.get(it.category, 0) for it in dataset.items], np.int32)
