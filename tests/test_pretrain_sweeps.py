@@ -62,3 +62,13 @@ def test_lift_is_model_minus_initialisation_for_retrieval_metrics_only():
              'relevance@100': 0.5, 'recall@10/exact': 0.1}
   assert job.lift(results, initial) == pytest.approx(
       {'lift/recall@100/exact': 0.2, 'lift/ndcg@10': -0.05, 'lift/relevance@100': 0.0})
+
+
+def test_sweep_table_scales_fractions_not_steps():
+  from mmret.jobs import sweep
+  results = {'a/recall@100': 0.7012, 'a/recall@100/std': 0.0121,
+             'a/select/best_step': 150.0, 'a/select/best_step/std': 50.0}
+  table = sweep.format_table(results, ['a', 'b'], ['recall@100', 'select/best_step'])
+  row_a, row_b = table.splitlines()[2:]
+  assert row_a.split() == ['a', '70.12', '±', '1.21', '150.00', '±', '50.00']
+  assert row_b.split() == ['b', 'n/a', 'n/a']

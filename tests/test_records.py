@@ -208,11 +208,47 @@ def test_loader_shares_repeated_strings(tmp_path):
   assert key(a1, 'category') is key(a2, 'category')
   assert next(iter(a1.context)) is next(iter(a2.context)) == 'price'
   assert d.items[6].image == a1.image == str((tmp_path / 'd' / 'images' / 'a1.png').resolve())
-  graded = [x for x in d.interactions if x.relevance is not None]
-  by_grade = {}
-  for x in graded:
-    assert by_grade.setdefault(x.relevance, x.relevance) is x.relevance
-  queries = {}
+  # The log is columns (~50 bytes a row), its Interactions built on access share the strings.
+  assert isinstance(d.interactions, records.InteractionLog)
+  assert sum(a.nbytes for a in d.interactions.arrays.values()) == 53 * len(d.interactions)
+  queries, pages = {}, {}
   for x in d.interactions:
     assert queries.setdefault(x.query, x.query) is x.query
+    assert x.page_id is None or pages.setdefault(x.page_id, x.page_id) is x.page_id
+    assert x.item_id is d.items[d.item_index()[x.item_id]].item_id
   assert not hasattr(a1, '__dict__') and not hasattr(d.interactions[0], '__dict__')
+
+
+def test_log_columns_equal_object_columns(tmp_path):
+  """Dataset.columns of a loaded InteractionLog (vectorised) equals the columns built from the
+  same Interactions as objects (the reference rules: splits, positive, page_keys)."""
+  rows = [{'query': 'a', 'item_id': 'x1', 'click': True, 'day': 5},
+          {'query': 'b', 'item_id': 'x2', 'day': 2, 'relevance': 0.5},        # judged irrelevant
+          {'query': 'a', 'item_id': 'x2', 'engaged': False, 'page_id': 'p'},  # no day: train
+          {'query': 'b', 'item_id': 'x1', 'purchase': 1, 'day': 5, 'split': 'train'},
+          {'query': 'c', 'item_id': 'x1', 'relevance': 2, 'click': False},    # graded, no click
+          {'query': 'a', 'item_id': 'x1', 'day': 5},                          # same page as row 0
+          {'query': 'a', 'item_id': 'x2', 'page_id': 'p', 'position': 3, 'day': 1},
+          {'query': 'b', 'item_id': 'x2', 'relevance': 1.1, 'split': 'eval'}]
+  items = [{'item_id': 'x1', 'title': 'a'}, {'item_id': 'x2', 'title': 'b'}]
+  for k, threshold in enumerate((1.0, 2.0)):
+    scale = records.RelevanceScale(threshold=threshold)
+    d = records.load_dataset(_write_dataset(tmp_path / f'd{k}', items=items, interactions=rows),
+                             relevance=scale)
+    as_objects = records.Dataset(root=d.root, items=d.items, interactions=list(d.interactions),
+                                 queries={}, context_names=(), relevance=scale)
+    assert d.interactions == as_objects.interactions and len(d.interactions) == 8
+    assert d.interactions[-1] == records.Interaction('b', 'x2', relevance=1.1, split='eval')
+    assert d.interactions[1:3] == as_objects.interactions[1:3]
+    assert d.splits() == as_objects.splits()
+    log, ref = d.columns(), as_objects.columns()
+    assert log.queries == ref.queries == ['a', 'b', 'c']
+    for field in ('query', 'item', 'page', 'is_eval', 'positive', 'judged_irrelevant',
+                  'relevance'):
+      np.testing.assert_array_equal(getattr(log, field), getattr(ref, field), err_msg=field)
+      assert getattr(log, field).dtype == getattr(ref, field).dtype, field
+  assert ref.page.tolist() == [0, 1, 2, 3, 4, 0, 2, 5]
+  assert ref.positive.tolist() == [True, False, False, True, False, True, True, False]
+  with pytest.raises(records.DataError, match=r"interactions\.jsonl:1: field 'day': .* range"):
+    records.load_dataset(_write_dataset(tmp_path / 'big', items=items, interactions=[
+        {'query': 'a', 'item_id': 'x1', 'day': 2**63}]))

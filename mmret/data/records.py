@@ -12,13 +12,14 @@ be silently ignored), duplicate ids, unknown item ids and unreadable images rais
 whose message names the file, the line and the field: "<file>:<line>: field '<f>': <what>".
 """
 
+import array
 import dataclasses
 import json
 import math
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -139,7 +140,7 @@ class InteractionColumns:
   is_eval:   bool [M] on the eval split (Dataset.splits).
   positive:  bool [M] Dataset.positive.
   judged_irrelevant: bool [M] Dataset.judged_irrelevant (graded below the threshold).
-  relevance: float32 [M] the judged grade; NaN where none was given.
+  relevance: float64 [M] the judged grade; NaN where none was given.
   """
   queries: list[str]
   query: np.ndarray
@@ -149,6 +150,144 @@ class InteractionColumns:
   positive: np.ndarray
   judged_irrelevant: np.ndarray
   relevance: np.ndarray
+
+
+_NONE = -1  # an absent int field / flag / split in InteractionLog
+_SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
+
+
+class InteractionLog(Sequence):
+  """The loaded interactions.jsonl held as columns, a sequence of Interactions built on access.
+
+  14M `Interaction` objects took ~5 GiB and a third of SynthShop `large`'s load; these columns
+  take ~50 bytes a row. Code that needs the whole log reads Dataset.columns (built from these
+  arrays without any object); `log[i]` and iteration make Interactions one at a time, with the
+  same string objects for repeated queries, item ids and page ids. Equal to a list of the same
+  Interactions (==, slicing gives a list).
+  """
+
+  def __init__(self, queries: list[str], item_ids: list[str], pages: list[str],
+               columns: dict[str, np.ndarray]):
+    """queries / item_ids / pages: the strings the codes index; columns: int64 'query',
+    'item', 'page' (-1 none), 'position' (-1 none), 'day', bool 'has_day', int8 'click',
+    'purchase', 'engaged' (-1 none, 0, 1) and 'split' (-1 none, else index in SPLITS),
+    float64 'relevance' (NaN none); each [M]."""
+    self.queries, self.item_ids, self.pages = queries, item_ids, pages
+    self.arrays = columns
+    self._len = int(columns['query'].shape[0])
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(self._len))]
+    if index < 0:
+      index += self._len
+    if not 0 <= index < self._len:
+      raise IndexError(f'interaction {index} of {self._len}')
+    a = self.arrays
+    flag = lambda name: None if a[name][index] == _NONE else bool(a[name][index])
+    page, position, split = int(a['page'][index]), int(a['position'][index]), a['split'][index]
+    relevance = float(a['relevance'][index])
+    return Interaction(
+        query=self.queries[a['query'][index]], item_id=self.item_ids[a['item'][index]],
+        page_id=None if page == _NONE else self.pages[page],
+        position=None if position == _NONE else position, click=flag('click'),
+        purchase=flag('purchase'), engaged=flag('engaged'),
+        relevance=None if math.isnan(relevance) else relevance,
+        day=int(a['day'][index]) if a['has_day'][index] else None,
+        split=None if split == _NONE else SPLITS[split])
+
+  def __eq__(self, other) -> bool:
+    if not isinstance(other, Sequence) or len(other) != len(self):
+      return False
+    return all(x == y for x, y in zip(self, other))
+
+  __hash__ = None  # mutable-sequence semantics: equal to a list, so not hashable
+
+  def __repr__(self) -> str:
+    return f'InteractionLog({self._len:,} interactions, {len(self.queries):,} queries)'
+
+
+def _log_columns(log: InteractionLog, threshold: float) -> InteractionColumns:
+  """Dataset.columns of a loaded log, vectorised: the same rules as Dataset.splits,
+  Interaction.positive / judged_irrelevant and Dataset.page_keys."""
+  a = log.arrays
+  split, day, has_day = a['split'], a['day'], a['has_day']
+  is_eval = split == _SPLIT_CODES['eval']
+  if has_day.any():  # no split given: the last day is eval
+    is_eval |= (split == _NONE) & has_day & (day == day[has_day].max())
+  rel = a['relevance']
+  judged_irrelevant = rel < threshold  # NaN (not judged) compares False
+  click, purchase, engaged = a['click'], a['purchase'], a['engaged']
+  labelled = (click != _NONE) | (purchase != _NONE)
+  positive = np.where(labelled, (click == 1) | (purchase == 1),
+                      np.where(engaged != _NONE, engaged == 1, True)) & ~judged_irrelevant
+  # Pages: page_id, else (query, day) with an absent day its own value; numbered by first
+  # appearance, as page_keys.
+  days, day_code = np.unique(day[has_day], return_inverse=True)
+  codes = np.zeros(len(log), np.int64)
+  codes[has_day] = day_code.reshape(-1) + 1
+  key = np.where(a['page'] >= 0, a['page'],
+                 len(log.pages) + a['query'] * (days.size + 1) + codes)
+  _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+  rank = np.empty(first.size, np.int64)
+  rank[np.argsort(first, kind='stable')] = np.arange(first.size)
+  return InteractionColumns(
+      queries=list(log.queries), query=a['query'], item=a['item'],
+      page=rank[inverse.reshape(-1)], is_eval=is_eval, positive=positive,
+      judged_irrelevant=judged_irrelevant, relevance=rel)
+
+
+class _LogBuilder:
+  """Appends checked interactions.jsonl records to compact columns (load_dataset)."""
+
+  def __init__(self, item_index: dict[str, int], item_ids: list[str]):
+    self.item_index, self.item_ids = item_index, item_ids
+    self.query_code: dict[str, int] = {}
+    self.page_code: dict[str, int] = {}
+    self.ints = {name: array.array('q') for name in ('query', 'item', 'page', 'position', 'day')}
+    self.bytes = {name: array.array('b') for name in ('click', 'purchase', 'engaged', 'split',
+                                                      'has_day')}
+    self.relevance = array.array('d')
+
+  def add(self, rec: dict[str, Any]) -> None:
+    ints, small = self.ints, self.bytes
+    query = rec['query']
+    code = self.query_code.get(query)
+    if code is None:
+      code = self.query_code[query] = len(self.query_code)
+    ints['query'].append(code)
+    ints['item'].append(self.item_index[rec['item_id']])
+    page = rec.get('page_id')
+    if page is None:
+      ints['page'].append(_NONE)
+    else:
+      code = self.page_code.get(page)
+      if code is None:
+        code = self.page_code[page] = len(self.page_code)
+      ints['page'].append(code)
+    ints['position'].append(rec.get('position', _NONE))
+    day = rec.get('day')
+    ints['day'].append(0 if day is None else day)
+    small['has_day'].append(day is not None)
+    for name in ('click', 'purchase', 'engaged'):
+      value = rec.get(name)
+      small[name].append(_NONE if value is None else value)
+    split = rec.get('split')
+    small['split'].append(_NONE if split is None else _SPLIT_CODES[split])
+    self.relevance.append(rec.get('relevance', math.nan))
+
+  def build(self) -> InteractionLog:
+    cols = {name: np.frombuffer(a, np.int64) if a else np.zeros(0, np.int64)
+            for name, a in self.ints.items()}
+    cols.update({name: np.frombuffer(a, np.int8) if a else np.zeros(0, np.int8)
+                 for name, a in self.bytes.items()})
+    cols['has_day'] = cols['has_day'].astype(bool)
+    cols['relevance'] = (np.frombuffer(self.relevance, np.float64) if self.relevance
+                         else np.zeros(0, np.float64))
+    return InteractionLog(list(self.query_code), self.item_ids, list(self.page_code), cols)
 
 
 @dataclasses.dataclass
@@ -163,7 +302,7 @@ class Dataset:
   """A validated BYOD directory held in memory."""
   root: pathlib.Path
   items: list[Item]                   # catalog order = item index used everywhere
-  interactions: list[Interaction]
+  interactions: Sequence[Interaction]  # an InteractionLog when loaded, or a list
   queries: dict[str, QueryInfo]       # may be empty
   context_names: tuple[str, ...]      # sorted union of the items' context keys
   # How grades read and from which grade a judged pair is relevant: one scale per dataset.
@@ -197,6 +336,10 @@ class Dataset:
     cached = self.__dict__.get('_columns')
     if cached is not None and cached[0] == key:
       return cached[1]
+    if isinstance(self.interactions, InteractionLog):
+      cols = _log_columns(self.interactions, self.relevance.threshold)
+      self.__dict__['_columns'] = (key, cols)
+      return cols
     xs, m = self.interactions, len(self.interactions)
     index = self.item_index()
     query_pos: dict[str, int] = {}
@@ -213,7 +356,7 @@ class Dataset:
         positive=np.fromiter((self.positive(x) for x in xs), bool, m),
         judged_irrelevant=np.fromiter((self.judged_irrelevant(x) for x in xs), bool, m),
         relevance=np.fromiter((nan if x.relevance is None else x.relevance for x in xs),
-                              np.float32, m))
+                              np.float64, m))
     cols.queries.extend(query_pos)  # dict order = first appearance
     self.__dict__['_columns'] = (key, cols)
     return cols
@@ -224,6 +367,8 @@ class Dataset:
     `split` if given; else the interactions of the last day (max over all days) are eval; an
     interaction with neither field is train.
     """
+    if isinstance(self.interactions, InteractionLog):
+      return np.where(self.columns().is_eval, 'eval', 'train').tolist()
     days = [x.day for x in self.interactions if x.day is not None]
     last = max(days) if days else None
     out = []
@@ -260,6 +405,8 @@ def _int(value, where, field):
   # bool is a subclass of int in Python, but `true` is not a day or a position.
   if isinstance(value, bool) or not isinstance(value, int):
     raise DataError(*where, field, f'expected an integer, got {json.dumps(value)}')
+  if not -2**63 <= value < 2**63:  # the log holds them as int64
+    raise DataError(*where, field, f'{value} is out of the 64-bit integer range')
   return value
 
 
@@ -434,24 +581,18 @@ def load_dataset(root: str | pathlib.Path, *, check_images: bool = True,
       raise DataError(root / name, 0, None, f'not found: a BYOD directory needs {ITEMS_FILE} '
                       f'and {INTERACTIONS_FILE} (docs/DATA.md)')
   items = _load_items(root, check_images)
-  known = {item.item_id: item.item_id for item in items}
 
   path = root / INTERACTIONS_FILE
   scale = relevance or RelevanceScale()
   fields = {**_INTERACTION_FIELDS, 'relevance': (False, scale.grade)}
-  interactions, grades = [], {}
+  log = _LogBuilder({item.item_id: i for i, item in enumerate(items)},
+                    [item.item_id for item in items])
   for line_no, rec in _read_jsonl(path, fields):
-    item_id = known.get(rec['item_id'])
-    if item_id is None:
+    if rec['item_id'] not in log.item_index:
       raise DataError(path, line_no, 'item_id',
                       f"unknown item_id {rec['item_id']!r} (not in {ITEMS_FILE})")
-    rec['item_id'] = item_id  # the catalog's string object, not one more copy per line
-    for name in ('query', 'page_id', 'split'):
-      if name in rec:
-        rec[name] = sys.intern(rec[name])
-    if 'relevance' in rec:  # a few distinct grades: one float object each, not one per line
-      rec['relevance'] = grades.setdefault(rec['relevance'], rec['relevance'])
-    interactions.append(Interaction(**rec))
+    log.add(rec)
+  interactions = log.build()
 
   queries: dict[str, QueryInfo] = {}
   path = root / QUERIES_FILE

@@ -105,8 +105,13 @@ def aggregate(per_run: dict[str, list[dict[str, float]]]) -> dict[str, float]:
   return out
 
 
+def _is_count(metric: str) -> bool:
+  """Steps and seconds are printed as they are; every other metric is a fraction (x 100)."""
+  return metric.endswith(('step', 'steps', 'seconds'))
+
+
 def format_table(results: dict[str, float], rows: Sequence[str], metrics: Sequence[str]) -> str:
-  """One line per row, mean ± std (x100) of each metric."""
+  """One line per row, mean ± std of each metric: x 100, except steps and seconds."""
   width = max(18, *(len(m) + 2 for m in metrics))
   head = f'{"row":<20}' + ''.join(f'{m:>{width}}' for m in metrics)
   lines = [head, '-' * len(head)]
@@ -114,7 +119,8 @@ def format_table(results: dict[str, float], rows: Sequence[str], metrics: Sequen
     cells = []
     for m in metrics:
       mean, std = results.get(f'{row}/{m}'), results.get(f'{row}/{m}/std')
-      cells.append('n/a' if mean is None else f'{100 * mean:.2f} ± {100 * std:.2f}')
+      scale = 1 if _is_count(m) else 100
+      cells.append('n/a' if mean is None else f'{scale * mean:.2f} ± {scale * std:.2f}')
     lines.append(f'{row:<20}' + ''.join(f'{cell:>{width}}' for cell in cells))
   return '\n'.join(lines)
 
@@ -144,7 +150,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       per_run.setdefault(row, []).append(results)
   out = aggregate(per_run)
   out['perf/sweep_seconds'] = time.perf_counter() - t0
-  info(f'\n{s.title} (x 100, mean ± std over seeds {tuple(s.seeds)}):')
+  info(f'\n{s.title} (x 100 but steps and seconds, mean ± std over seeds {tuple(s.seeds)}):')
   for metrics in s.tables:
     info(format_table(out, rows, tuple(metrics)) + '\n')
   return out
