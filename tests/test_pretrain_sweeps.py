@@ -32,12 +32,13 @@ def test_each_ablation_row_is_the_default_plus_its_own_change():
       'qic_sigmoid': {'loss.qic': 'sigmoid'},
       'cls_pooling': {'model.pooling': 'cls'},
       'no_l2': {'model.normalize': False},
-      'no_mlm': {'loss.weights.mlm_query': 0.0, 'loss.weights.mlm_title': 0.0},
+      'mlm': {'loss.weights.mlm_query': 1.0, 'loss.weights.mlm_title': 1.0},
       'no_qim2': {'loss.weights.qim2': 0.0},
       'most_clicked': {'data.positives': 'most_clicked'},
       'text_only': {'data.synthshop.catalog.missing_image_share': 1.0},
       'encoder_lr_2e-4': {'optim.pretrained_lr': 2e-4},
-      'old_recipe': {'optim.pretrained_lr': 0.0, 'select.every': 0, 'loss.judged_negatives': 0},
+      'old_recipe': {'optim.pretrained_lr': 0.0, 'select.every': 0, 'loss.judged_negatives': 0,
+                     'loss.weights.mlm_query': 1.0, 'loss.weights.mlm_title': 1.0},
   }
   for row, change in expected.items():
     flat = _flat(sweep.row_config(config, row, seed=1))
