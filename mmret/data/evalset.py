@@ -200,7 +200,7 @@ def build_eval_set(dataset: records.Dataset, *, split: str = 'eval',
   n = len(dataset.items)
   on_split = cols.is_eval if split == 'eval' else ~cols.is_eval
   if queries is not None:
-    on_split = on_split & np.array([q in queries for q in cols.queries], bool)[cols.query]
+    on_split = on_split & (cols.rows(dict.fromkeys(queries, 0)) >= 0)
   q_rows = cols.query[on_split]
   has_target = np.zeros(len(cols.queries), bool)
   has_target[cols.query[on_split & cols.positive]] = True
@@ -231,7 +231,6 @@ def build_eval_set(dataset: records.Dataset, *, split: str = 'eval',
         [i for i in t.tolist() if relevance.image_only_match(
             attrs, dataset.items[i].attributes, dataset.items[i].title_omits)], np.int64))
   label_keys, label_values = _judged_labels(cols, query_row, n)
-  judged = ~np.isnan(cols.relevance)
   grader = relevance.AttributeGrader(query_attrs, [it.attributes for it in dataset.items])
   return EvalSet(
       queries=names,
@@ -245,4 +244,4 @@ def build_eval_set(dataset: records.Dataset, *, split: str = 'eval',
       label_keys=label_keys,
       label_values=label_values,
       relevant_threshold=dataset.relevance.threshold,
-      top_grade=float(np.nanmax(cols.relevance)) if judged.any() else 0.0)
+      top_grade=0.0 if np.isnan(cols.relevance).all() else float(np.nanmax(cols.relevance)))

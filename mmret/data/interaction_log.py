@@ -23,8 +23,8 @@ SPLITS = ('train', 'eval')
 class Interaction:
   """One logged impression (or a judged pair). None = the field was not given.
 
-  Slotted, and the loader shares the string objects of repeated queries, item ids and page
-  ids: a log of 14M impressions (SynthShop `large`) is held in a few GB rather than ~10.
+  Slotted; a loaded log holds no Interactions but columns (InteractionLog), and builds them
+  on access with shared strings for repeated queries, item ids and page ids.
   """
   query: str
   item_id: str
@@ -79,7 +79,7 @@ def page_keys(interactions: Sequence[Interaction]) -> list[tuple]:
 
 @dataclasses.dataclass(frozen=True)
 class InteractionColumns:
-  """The interaction log as arrays (records.Dataset.columns): M interactions, Q distinct query strings.
+  """The interaction log as arrays (records.Dataset.columns): M rows, Q distinct query strings.
 
   Evaluation sets, the validation split and the judged negatives read the log through these
   vectorised arrays instead of looping over M objects per use (SynthShop `large`: 14M).
@@ -100,6 +100,11 @@ class InteractionColumns:
   positive: np.ndarray
   judged_irrelevant: np.ndarray
   relevance: np.ndarray
+
+  def rows(self, position: dict[str, int]) -> np.ndarray:
+    """int64 [M]: each interaction's query looked up in `position` (query -> row), -1 where
+    the query is not in it."""
+    return np.array([position.get(q, -1) for q in self.queries], np.int64)[self.query]
 
 
 _NONE = -1  # an absent int field / flag / split in InteractionLog
@@ -193,8 +198,9 @@ def log_columns(log: InteractionLog, threshold: float) -> InteractionColumns:
 class LogBuilder:
   """Appends checked interactions.jsonl records to compact columns (load_dataset)."""
 
-  def __init__(self, item_index: dict[str, int], item_ids: list[str]):
-    self.item_index, self.item_ids = item_index, item_ids
+  def __init__(self, item_ids: list[str]):
+    self.item_ids = item_ids
+    self.item_index = {item_id: i for i, item_id in enumerate(item_ids)}
     self.query_code: dict[str, int] = {}
     self.page_code: dict[str, int] = {}
     self.ints = {name: array.array('q') for name in ('query', 'item', 'page', 'position', 'day')}

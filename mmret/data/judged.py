@@ -24,8 +24,7 @@ def judged_negatives(dataset: records.Dataset, queries: Sequence[str]) -> list[n
   it on the train split and never positive or relevant for it anywhere."""
   cols = dataset.columns()
   n = max(len(dataset.items), 1)
-  position = {q: i for i, q in enumerate(queries)}
-  row = np.array([position.get(q, -1) for q in cols.queries], np.int64)[cols.query]
+  row = cols.rows({q: i for i, q in enumerate(queries)})
   graded_relevant = ~np.isnan(cols.relevance) & ~cols.judged_irrelevant
   relevant = np.unique((row * n + cols.item)[(row >= 0) & (cols.positive | graded_relevant)])
   wanted = (row >= 0) & cols.judged_irrelevant & ~cols.is_eval

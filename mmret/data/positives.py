@@ -21,8 +21,7 @@ def most_clicked_pairs(dataset: records.Dataset, queries: Sequence[str]
   """(query_index into `queries`, item_index) of each train query's most-clicked item."""
   cols = dataset.columns()
   n = max(len(dataset.items), 1)
-  position = {q: i for i, q in enumerate(queries)}
-  row = np.array([position.get(q, -1) for q in cols.queries], np.int64)[cols.query]
+  row = cols.rows({q: i for i, q in enumerate(queries)})
   hits = (row >= 0) & ~cols.is_eval & cols.positive
   pairs, counts = np.unique(row[hits] * n + cols.item[hits], return_counts=True)
   # Per query the most clicked item, then the lowest index: sort by (query, -count, item).

@@ -346,8 +346,7 @@ def load_dataset(root: str | pathlib.Path, *, check_images: bool = True,
   path = root / INTERACTIONS_FILE
   scale = relevance or RelevanceScale()
   fields = {**_INTERACTION_FIELDS, 'relevance': (False, scale.grade)}
-  log = interaction_log.LogBuilder({item.item_id: i for i, item in enumerate(items)},
-                    [item.item_id for item in items])
+  log = interaction_log.LogBuilder([item.item_id for item in items])
   for line_no, rec in _read_jsonl(path, fields):
     if rec['item_id'] not in log.item_index:
       raise DataError(path, line_no, 'item_id',

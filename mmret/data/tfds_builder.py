@@ -152,7 +152,7 @@ class ByodBuilder(tfds.core.GeneratorBasedBuilder):
     train_queries = sorted(cols.queries[q] for q in np.unique(cols.query[train]).tolist())
     self._query_index = {q: i for i, q in enumerate(train_queries)}
     self._page_index = cols.page.tolist()  # pages numbered by first appearance
-    splits = np.where(cols.is_eval, 'eval', 'train').tolist()
+    splits = self._dataset.splits()
     gens = {'items': self._generate_examples('items', None)}
     for name, rows in (('train', train), ('eval', cols.is_eval)):
       if rows.any():
@@ -203,8 +203,8 @@ class ByodBuilder(tfds.core.GeneratorBasedBuilder):
       yield row, example
 
   def _queries(self, cols: records.InteractionColumns) -> Iterator[tuple[int, dict]]:
-    position = np.array([self._query_index.get(q, -1) for q in cols.queries], np.int64)
-    counts = np.bincount(position[cols.query[~cols.is_eval]], minlength=len(self._query_index))
+    counts = np.bincount(cols.rows(self._query_index)[~cols.is_eval],
+                         minlength=len(self._query_index))
     for q, i in self._query_index.items():
       yield i, {'query': q, 'query_index': i, 'train_count': int(counts[i])}
 
