@@ -244,11 +244,13 @@ def test_log_columns_equal_object_columns(tmp_path):
     log, ref = d.columns(), as_objects.columns()
     assert log.queries == ref.queries == ['a', 'b', 'c']
     for field in ('query', 'item', 'page', 'is_eval', 'positive', 'judged_irrelevant',
-                  'relevance'):
+                  'relevance', 'position', 'engagement'):
       np.testing.assert_array_equal(getattr(log, field), getattr(ref, field), err_msg=field)
       assert getattr(log, field).dtype == getattr(ref, field).dtype, field
   assert ref.page.tolist() == [0, 1, 2, 3, 4, 0, 2, 5]
   assert ref.positive.tolist() == [True, False, False, True, False, True, True, False]
+  assert ref.engagement.tolist() == [1, -1, 0, 1, 0, -1, -1, -1]
+  assert ref.position.tolist() == [-1] * 6 + [3, -1]
   with pytest.raises(records.DataError, match=r"interactions\.jsonl:1: field 'day': .* range"):
     records.load_dataset(_write_dataset(tmp_path / 'big', items=items, interactions=[
         {'query': 'a', 'item_id': 'x1', 'day': 2**63}]))

@@ -59,6 +59,16 @@ class Interaction:
     return True
 
 
+def engagement_label(x: Interaction) -> int | None:
+  """1 / 0: engaged if logged, else clicked or bought if either is; None: no such label
+  (the engage job's label of an impression)."""
+  if x.engaged is not None:
+    return int(x.engaged)
+  if x.click is not None or x.purchase is not None:
+    return int(bool(x.click) or bool(x.purchase))
+  return None
+
+
 def splits(interactions: Sequence[Interaction]) -> list[str]:
   """Per interaction 'train' or 'eval' (ARCHITECTURE.md split rule): `split` if given; else the
   interactions of the last day (max over all days) are eval; one with neither field is train."""
@@ -91,6 +101,9 @@ class InteractionColumns:
   positive:  bool [M] Dataset.positive.
   judged_irrelevant: bool [M] Dataset.judged_irrelevant (graded below the threshold).
   relevance: float64 [M] the judged grade; NaN where none was given.
+  position:  int64 [M] the rank on its page; -1 where none was given.
+  engagement: int8 [M] the engagement label (engage job): `engaged` if given, else clicked or
+             bought if either is given; -1 where the row carries none of these labels.
   """
   queries: list[str]
   query: np.ndarray
@@ -100,6 +113,8 @@ class InteractionColumns:
   positive: np.ndarray
   judged_irrelevant: np.ndarray
   relevance: np.ndarray
+  position: np.ndarray
+  engagement: np.ndarray
 
   def rows(self, position: dict[str, int]) -> np.ndarray:
     """int64 [M]: each interaction's query looked up in `position` (query -> row), -1 where
@@ -189,10 +204,14 @@ def log_columns(log: InteractionLog, threshold: float) -> InteractionColumns:
   _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
   rank = np.empty(first.size, np.int64)
   rank[np.argsort(first, kind='stable')] = np.arange(first.size)
+  engagement = np.where(engaged != _NONE, engaged,
+                        np.where(labelled, (click == 1) | (purchase == 1), _NONE))
   return InteractionColumns(
       queries=list(log.queries), query=a['query'], item=a['item'],
       page=rank[inverse.reshape(-1)], is_eval=is_eval, positive=positive,
-      judged_irrelevant=judged_irrelevant, relevance=rel)
+      judged_irrelevant=judged_irrelevant, relevance=rel, position=a['position'],
+      engagement=engagement.astype(np.int8))
+
 
 
 class LogBuilder:
@@ -267,6 +286,10 @@ def columns(interactions: Sequence[Interaction], item_index: dict[str, int],
       positive=np.fromiter((x.positive(threshold) for x in xs), bool, m),
       judged_irrelevant=np.fromiter((x.judged_irrelevant(threshold) for x in xs), bool, m),
       relevance=np.fromiter((nan if x.relevance is None else x.relevance for x in xs),
-                            np.float64, m))
+                            np.float64, m),
+      position=np.fromiter((_NONE if x.position is None else x.position for x in xs),
+                           np.int64, m),
+      engagement=np.fromiter((_NONE if (y := engagement_label(x)) is None else y for x in xs),
+                             np.int8, m))
   cols.queries.extend(query_pos)  # dict order = first appearance
   return cols

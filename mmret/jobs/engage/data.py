@@ -20,7 +20,7 @@ Batch (numpy, fixed shapes, G = 1 + H; slot 0 is the engaged item):
   H negatives), engaged float32 [B, G] (1 for slot 0, 0 for the negatives), page_index [B].
 
 Engagement label of an impression: `engaged` if logged, else click or purchase if either is
-(`engagement_label`); impressions without any label are not used. The page
+(interaction_log.engagement_label); impressions without any label are not used. The page
 of an impression is its page_id, else (query, day) (records.Dataset.page_keys). Each pass over
 a row draws its H negatives afresh (uniformly among the page's non-engaged items), seeded by
 the pipeline seed and the row's position in the stream, so a resumed iterator sees the same
@@ -39,15 +39,6 @@ from mmret.data import features
 from mmret.data import pipelines
 from mmret.data import records
 from mmret.data import tokenizer as tokenizer_lib
-
-
-def engagement_label(x: records.Interaction) -> float | None:
-  """1.0 / 0.0: engaged if logged, else clicked or bought if either is; None: no label."""
-  if x.engaged is not None:
-    return float(x.engaged)
-  if x.click is not None or x.purchase is not None:
-    return float(bool(x.click) or bool(x.purchase))
-  return None
 
 
 @dataclasses.dataclass
@@ -76,43 +67,50 @@ def page_examples(dataset: records.Dataset, split: str = 'train', max_page_negat
   """Groups a split's labelled impressions by page: one row per distinct engaged item of a page.
 
   Pages without an engaged item give no row (nothing to rank their negatives against); an item
-  engaged on a page is never one of that page's negatives.
+  engaged on a page is never one of that page's negatives. Rows come page by page (pages in
+  order of their first impression on the split), a page's engaged items and its negatives in
+  position order (ties and unranked impressions: log order, unranked last); a row's query is
+  its page's first. Vectorised over Dataset.columns (SynthShop `large`: 14M impressions).
   """
-  index = dataset.item_index()
-  train_queries = sorted({x.query for x, s in zip(dataset.interactions, dataset.splits())
-                          if s == 'train'})
-  query_index = {q: i for i, q in enumerate(train_queries)}
-  pages: dict[Any, list] = {}
-  for row, (x, s, key) in enumerate(zip(dataset.interactions, dataset.splits(),
-                                        dataset.page_keys())):
-    label = engagement_label(x)
-    if s != split or label is None:
-      continue
-    rank = (x.position if x.position is not None else 1 << 30, row)
-    pages.setdefault(key, []).append((rank, index[x.item_id], label, x.query))
-  # page_index as tfds_builder numbers pages: first appearance over all interactions.
-  page_number = {k: i for i, k in enumerate(dict.fromkeys(dataset.page_keys()))}
-  out = {'query': [], 'query_index': [], 'positive': [], 'negatives': [], 'page_index': []}
-  for key, hits in pages.items():
-    hits.sort()
-    engaged = list(dict.fromkeys(i for _, i, y, _ in hits if y > 0))
-    negatives = [i for i in dict.fromkeys(i for _, i, y, _ in hits if y <= 0)
-                 if i not in engaged][:max_page_negatives]
-    for item in engaged:
-      out['query'].append(hits[0][3])
-      out['query_index'].append(query_index.get(hits[0][3], -1))
-      out['positive'].append(item)
-      out['negatives'].append(negatives)
-      out['page_index'].append(page_number[key])
-  r, p = len(out['query']), max_page_negatives
-  negatives = np.zeros((r, p), np.int32)
-  mask = np.zeros((r, p), bool)
-  for k, neg in enumerate(out['negatives']):
-    negatives[k, :len(neg)] = neg
-    mask[k, :len(neg)] = True
-  return PageExamples(query=out['query'], query_index=np.array(out['query_index'], np.int32),
-                      positive=np.array(out['positive'], np.int32), negatives=negatives,
-                      negative_mask=mask, page_index=np.array(out['page_index'], np.int32))
+  cols = dataset.columns()
+  if split not in records.SPLITS:
+    raise ValueError(f'page_examples: split {split!r} is not one of {records.SPLITS}')
+  rows = np.flatnonzero((cols.is_eval == (split == 'eval')) & (cols.engagement >= 0))
+  rank = np.where(cols.position[rows] >= 0, cols.position[rows], np.iinfo(np.int64).max)
+  rows = rows[np.lexsort((rows, rank, cols.page[rows]))]  # by page, then position, then row
+  page, item, engaged = cols.page[rows], cols.item[rows], cols.engagement[rows] == 1
+  starts = np.flatnonzero(np.r_[True, page[1:] != page[:-1]]) if rows.size else rows[:0]
+  pages = page[starts]                                          # [N] sorted page numbers
+  first_row = np.minimum.reduceat(rows, starts) if rows.size else rows[:0]
+  slot = np.searchsorted(pages, page)                           # page of each impression
+  pair = page * (int(item.max(initial=0)) + 1) + item           # (page, item) as one key
+  engaged_at = _first(pair, engaged)                            # distinct engaged pairs
+  negative_at = _first(pair, ~engaged & ~np.isin(pair, pair[engaged_at]))
+  # The first max_page_negatives distinct negatives of each page, in position order.
+  nth = np.arange(negative_at.size) - np.searchsorted(slot[negative_at], slot[negative_at])
+  keep = nth < max_page_negatives
+  negatives = np.zeros((pages.size, max_page_negatives), np.int32)
+  mask = np.zeros((pages.size, max_page_negatives), bool)
+  negatives[slot[negative_at][keep], nth[keep]] = item[negative_at][keep]
+  mask[slot[negative_at][keep], nth[keep]] = True
+  # One row per engaged pair, pages in order of their first impression on the split.
+  engaged_at = engaged_at[np.argsort(first_row[slot[engaged_at]], kind='stable')]
+  row_page = slot[engaged_at]
+  query = cols.query[rows[starts]][row_page]                    # the page's first query
+  train_queries = sorted({cols.queries[q] for q in np.unique(cols.query[~cols.is_eval])})
+  return PageExamples(
+      query=[cols.queries[q] for q in query.tolist()],
+      query_index=cols.rows({q: i for i, q in enumerate(train_queries)})[
+          rows[starts][row_page]].astype(np.int32) if query.size else np.zeros(0, np.int32),
+      positive=item[engaged_at].astype(np.int32), negatives=negatives[row_page],
+      negative_mask=mask[row_page], page_index=pages[row_page].astype(np.int32))
+
+
+def _first(key: np.ndarray, where: np.ndarray) -> np.ndarray:
+  """Sorted positions i with where[i] whose key[i] does not occur at an earlier such position."""
+  at = np.flatnonzero(where)
+  _, first = np.unique(key[at], return_index=True)
+  return at[np.sort(first)]
 
 
 class _Rows:
@@ -207,16 +205,12 @@ class LabelledImpressions:
 
 
 def labelled_impressions(dataset: records.Dataset, split: str = 'eval') -> LabelledImpressions:
-  """Every impression of `split` with an engagement label (docs/DATA.md split rule)."""
-  index = dataset.item_index()
-  query, item, engaged, rel = [], [], [], []
-  for x, s in zip(dataset.interactions, dataset.splits()):
-    label = engagement_label(x)
-    if s != split or label is None:
-      continue
-    query.append(x.query)
-    item.append(index[x.item_id])
-    engaged.append(label > 0)
-    rel.append(-1 if x.relevance is None else x.relevance)
-  return LabelledImpressions(query=query, item=np.array(item, np.int32),
-                             engaged=np.array(engaged, bool), relevance=np.array(rel, np.float32))
+  """Every impression of `split` with an engagement label (docs/DATA.md split rule), in log
+  order."""
+  cols = dataset.columns()
+  rows = np.flatnonzero((cols.is_eval == (split == 'eval')) & (cols.engagement >= 0))
+  rel = cols.relevance[rows]
+  return LabelledImpressions(
+      query=[cols.queries[q] for q in cols.query[rows].tolist()],
+      item=cols.item[rows].astype(np.int32), engaged=cols.engagement[rows] == 1,
+      relevance=np.where(np.isnan(rel), -1, rel).astype(np.float32))
