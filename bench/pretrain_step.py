@@ -19,6 +19,12 @@ so what is timed is what `python -m mmret.launch` runs. Reported (JSON, also pri
   utilisation              xla_flops_per_step / devices / step time (device-resident) /
                            --peak_tflops (null without a peak)
   padding_fraction         padding share of the query + title token slots of the timed batches
+                           (after length bucketing, data.length_multiple > 0)
+  batch_shapes             the 'query x title' slot counts (buckets) of every batch met: the
+                           first, the compile-ahead pass and the timed pass
+  bucket_compile_seconds   compile of each further bucket met in a first pass of fed batches
+                           (each is its own executable); compiles_during_fed: buckets first
+                           met in the timed pass (their compile is inside step_ms_fed)
   pipeline_examples_per_sec  the host input pipeline alone (no device transfer, no step); it
                            runs in the calling thread (no Grain workers), so this is the rate
                            of one host core (`host_cores` says how many the host has)
@@ -161,6 +167,15 @@ def run_steps(compiled, state, batches: list) -> tuple[Any, dict, float]:
   return state, metrics, (time.perf_counter() - tic) / len(batches) * 1e3
 
 
+def _shapes(batch: dict) -> tuple:
+  return tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))
+
+
+def _token_lengths(batch: dict) -> str:
+  """'query x title' slots of a batch (its length bucket)."""
+  return f"{batch['query_mask'].shape[1]}x{batch['title_mask'].shape[1]}"
+
+
 def padding_fraction(batches: list[dict]) -> float:
   """Share of the query and title token slots that are padding."""
   valid = total = 0
@@ -196,8 +211,25 @@ def measure(config, args) -> dict[str, Any]:
       compile_seconds = time.perf_counter() - tic
       compile_cpu_seconds = time.process_time() - cpu
       state, _, first_ms = run_steps(compiled, state, [first])  # not timed below: warm-up
+      # Length buckets (data.length_multiple): one executable per batch shape. The shapes of
+      # a first pass of fed batches are compiled before the timed pass (their compile times
+      # reported); a shape first met in the timed pass compiles there (counted).
+      by_shape = {_shapes(first): compiled}
+      bucket_compile_seconds = []
+      warm_batches = [train.next_batch(0) for _ in range(args.steps)]
+      for batch in warm_batches:
+        if _shapes(batch) not in by_shape:
+          tic = time.perf_counter()
+          by_shape[_shapes(batch)] = built['step_fn'].lower(state, batch).compile()
+          bucket_compile_seconds.append(time.perf_counter() - tic)
+      warm = len(by_shape)
+
+      def step(state, batch):
+        if _shapes(batch) not in by_shape:
+          by_shape[_shapes(batch)] = built['step_fn'].lower(state, batch).compile()
+        return by_shape[_shapes(batch)](state, batch)
       fed = []
-      state, _, fed_ms = run_steps(compiled, state, [
+      state, _, fed_ms = run_steps(step, state, [
           lambda: fed.append(train.next_batch(0)) or fed[-1] for _ in range(args.steps)])
       state, metrics, device_ms = run_steps(compiled, state, [first] * args.steps)
       flops = model_flops(config, built, lowered, first)
@@ -221,6 +253,10 @@ def measure(config, args) -> dict[str, Any]:
         'utilisation': (flops / jax.device_count() / (device_ms / 1e3) / (peak * 1e12)
                         if peak else None),
         'padding_fraction': padding_fraction([first, *fed]),
+        'length_multiple': config.data.get('length_multiple', 0),
+        'batch_shapes': sorted({_token_lengths(b) for b in [first, *warm_batches, *fed]}),
+        'bucket_compile_seconds': bucket_compile_seconds,
+        'compiles_during_fed': len(by_shape) - warm,
         'pipeline_examples_per_sec': pipeline_rate(train, args.pipeline_batches, batch_size),
         'host_cores': os.cpu_count(),
         'loss': float(metrics['loss/total']),

@@ -98,6 +98,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # rows: scales) or 'global_batch' (each process reads the whole global batch and keeps its
   # rows: the batches, and so the run, do not depend on the number of processes).
   c.data.process_sharding = 'per_process'
+  # Length bucketing of the training batches (mmret/data/length_buckets.py): query and title
+  # tokens cut, per batch, to the shortest multiple of this that holds the longest row; each
+  # length is its own compiled step. 0: fixed lengths. `base` (accelerators, FLOP-bound): 4,
+  # title and query slots 32 + 12 -> mostly 20 + 8 on SynthShop. `default` and `tiny` (CPU,
+  # compile-bound: a second compile costs more than the slots save in 200 steps) and
+  # `two_tower` (the peer's fixed padding, for a like-for-like comparison): 0.
+  c.data.length_multiple = 4 if variant == 'base' else 0
   # Judged data (docs/DATA.md): `relevance` grades are numbers >= 0, or labels mapped to numbers
   # here ('Exact=3,Substitute=2,Complement=1,Irrelevant=0'); a pair graded below `threshold` is
   # judged irrelevant and never a positive, whatever its clicks.
@@ -301,12 +308,13 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   c.share_calls = True
   # One shared-encoder call per step instead of two (with share_calls): the query rows (with
   # QIM2's packed in) padded to the item rows' length and concatenated with them along the batch
-  # (mmret/towers/packing.py). Same maths (tests/test_shared_calls.py) but other dropout draws;
-  # `default` compiles in 0.82x the time for 8.5% more FLOPs. Only `tiny` (tests) takes it:
-  # over 3 seeds `default` with it ended at Recall@100 0.668 +- 0.040 against 0.701 +- 0.012
-  # (model selection kept step 50 on two seeds; not significant, Welch t = 1.4), so the README's
-  # default keeps two calls until more seeds settle it (docs/PERFORMANCE.md, issue 12).
-  c.single_call = tiny
+  # (mmret/towers/packing.py). Same maths (tests/test_shared_calls.py) but other dropout draws.
+  # `default` (MLM off) compiles its first step in 12.7 s against 32.6 s before issue 12 (2-core
+  # CPU, idle) for 3% more FLOPs, and its 3 seeds end within noise of two calls (Recall@100
+  # 0.702 +- 0.002 against 0.710 +- 0.008; README, docs/PERFORMANCE.md). `base` keeps two
+  # calls: on an accelerator the step is FLOP-bound and the query rows padded to the title
+  # length would be FLOPs spent on padding.
+  c.single_call = not base
   c.remat = base
   # What remat keeps (a jax.checkpoint_policies name): nothing, the least activation memory.
   c.remat_policy = 'nothing_saveable'

@@ -59,3 +59,24 @@ def test_tiny_config_reports_every_number(tmp_path):
   assert results[True]['xla_flops_per_step'] == pytest.approx(
       results[False]['xla_flops_per_step'], rel=1e-3)
   assert results[True]['xla_flops_compiled'] < results[False]['xla_flops_compiled']
+
+
+def test_length_buckets_cut_padding_and_are_compiled_apart(tmp_path):
+  """data.length_multiple=4 on tiny: fewer slots, less padding, fewer FLOPs than the fixed
+  12 + 24 slots, each batch shape compiled before the timed pass or counted."""
+  bench = _load_bench()
+  fixed = bench.main(['--config', 'configs/pretrain.py:tiny', '--batch_size', '8', '--steps', '3',
+                      '--pipeline_batches', '1', f'--config.data.cache_dir={tmp_path / "c"}'])
+  cut = bench.main(['--config', 'configs/pretrain.py:tiny', '--batch_size', '8', '--steps', '3',
+                    '--pipeline_batches', '1', f'--config.data.cache_dir={tmp_path / "c"}',
+                    '--config.data.length_multiple=4'])
+  assert fixed['batch_shapes'] == ['12x24'] and fixed['bucket_compile_seconds'] == []
+  assert cut['length_multiple'] == 4 and '12x24' not in cut['batch_shapes']
+  for shape in cut['batch_shapes']:
+    query, title = map(int, shape.split('x'))
+    assert query % 4 == 0 and title % 4 == 0 and query <= 12 and title <= 24
+  assert len(cut['bucket_compile_seconds']) + cut['compiles_during_fed'] == len(
+      cut['batch_shapes']) - 1
+  assert cut['padding_fraction'] < fixed['padding_fraction']
+  assert cut['xla_flops_per_step'] < fixed['xla_flops_per_step']
+  assert math.isfinite(cut['loss'])

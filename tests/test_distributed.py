@@ -61,7 +61,8 @@ def test_two_processes_equal_one_process(tmp_path):
   out = run_one_and_two_processes(tmp_path, lambda workdir: _launch(
       'configs/pretrain.py:tiny', '--workdir', str(workdir), f'--config.data.cache_dir={cache}',
       f'--config.train.num_steps={STEPS}', f'--config.train.checkpoint_every={STEPS}',
-      '--config.data.process_sharding=global_batch', '--config.eval.baselines=()'))
+      '--config.data.process_sharding=global_batch', '--config.eval.baselines=()',
+      '--config.data.length_multiple=4'))  # length-bucketed batches, the same in both
   assert "mesh {'data': 2, 'model': 1}" in out  # one device in each process
   reference = restore_state(tmp_path / 'one', STEPS)
   one = final_params(tmp_path / 'one', STEPS)
@@ -117,3 +118,29 @@ def test_single_process_initialises_nothing():
   assert distributed.initialize(env={}) is False
   with pytest.raises(ValueError, match='process_id 3'):
     distributed.initialize('localhost:1234', num_processes=2, process_id=3, env={})
+
+
+_AGREE = """
+import sys
+import jax
+from mmret.train import distributed
+pid = int(sys.argv[2])
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=pid)
+print(distributed.agree_max([3 + 5 * pid, 9 - 7 * pid]).tolist())
+"""
+
+
+def test_processes_agree_on_the_longest_rows():
+  """Length buckets with per-process input: every process cuts to the maximum over processes
+  (mmret/data/length_buckets.py); one process keeps its own values."""
+  assert distributed.agree_max([4, 7]).tolist() == [4, 7]
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  env.pop('XLA_FLAGS', None)
+  address = f'localhost:{_free_port()}'
+  procs = [subprocess.Popen([sys.executable, '-c', _AGREE, address, str(i)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=120) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert [out.strip().splitlines()[-1] for out, _ in outs] == ['[8, 9]', '[8, 9]']

@@ -15,6 +15,8 @@ A single process (a laptop, one GPU host driving all its GPUs) initialises nothi
 import os
 from collections.abc import Mapping
 
+import numpy as np
+
 # JAX is imported in the functions that use it: the CLI asks `cluster_size` before loading JAX
 # (seconds), to refuse a busy workdir at once (mmret/launch.py).
 
@@ -66,3 +68,14 @@ def input_shard(process_sharding: str) -> tuple[int, int, bool]:
     return 1, 0, True
   return jax.process_count(), jax.process_index(), False
 
+
+def agree_max(values):
+  """int64 [K]: the element-wise maximum of `values` over all processes (itself with one
+  process, without touching a device); e.g. the batch lengths processes must share
+  (mmret/data/length_buckets.py)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  values = np.asarray(values, np.int64)
+  if jax.process_count() == 1:
+    return values
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(values)).max(axis=0)

@@ -31,6 +31,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       'data.positives': positives.CHOICES,
       'optim.mu_dtype': ('', 'float32', 'bfloat16'),
   })
+  multiple = config.data.get('length_multiple', 0)
+  if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 0:
+    raise ConfigError(f'config key data.length_multiple={multiple!r}: must be an integer >= 0 '
+                      '(0 = fixed lengths).')
   select = config.get('select')
   if select is not None:
     every = select.every

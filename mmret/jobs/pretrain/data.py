@@ -10,6 +10,8 @@ irrelevant pairs and config.loss.judged_negatives = H > 0, it also carries H of 
 query's judged-irrelevant items (mmret.data.judged), flattened row-major to B * H rows:
 neg_title_tokens/neg_title_mask [B*H, Lt], neg_image [B*H, S, S, 3], neg_image_present,
 neg_text_present, neg_item_index [B*H] and neg_valid bool [B*H] (False: the query has none).
+With config.data.length_multiple > 0 the query and title fields are cut to the batch's length
+bucket (mmret/data/length_buckets.py; the init sample keeps the full lengths).
 """
 
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ import numpy as np
 
 from mmret.data import features
 from mmret.data import judged
+from mmret.data import length_buckets
 from mmret.data import pipelines
 from mmret.data import positives
 from mmret.data import prepare as prepare_lib
@@ -82,4 +85,6 @@ class TrainInput:
 
   def next_batch(self, step: int) -> dict:
     host = self._host(next(self.iterator), step)  # the iterator's position is the step's
+    host = length_buckets.cut(host, self.config.data.get('length_multiple', 0),
+                              agree=None if self.full_batches else distributed.agree_max)
     return sharding_lib.to_device(host, self.mesh, full=self.full_batches)
