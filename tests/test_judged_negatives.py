@@ -101,7 +101,6 @@ def test_sigmoid_and_am_softmax_with_judged_negatives_by_hand():
 
 
 def test_most_clicked_positives_one_item_per_query():
-  from mmret.data import features
   from mmret.data import positives
   I = records.Interaction
   d = _dataset([
@@ -112,11 +111,11 @@ def test_most_clicked_positives_one_item_per_query():
       I('s', 'x5', click=False, split='train')])                                         # none
   pairs = positives.most_clicked_pairs(d, ['q', 'r', 's'])
   assert pairs == {(0, 2), (1, 0)}
-  keep = features.IsPositive(exclude=frozenset({1}), only=pairs)
-  rows = [dict(positive=True, query_index=0, item_index=2), dict(positive=True, query_index=0,
-          item_index=1), dict(positive=True, query_index=1, item_index=0),
-          dict(positive=False, query_index=0, item_index=2)]
-  # Only q's most-clicked pair survives: x1 is not it, r is held out, the last is no positive.
-  assert [keep.filter(r) for r in rows] == [True, False, False, False]
+  # Train rows: q-x1, q-x2, q-x2, r-x4, r-x0, s-x5. Only q's most-clicked pair survives: x1 is
+  # not it, r is held out, s has no positive.
+  keep = positives.training_rows(d, ['q', 'r', 's'], exclude_queries=frozenset({1}), only=pairs)
+  assert keep.tolist() == [False, True, True, False, False, False]
+  assert positives.training_rows(d, ['q', 'r', 's']).tolist() == [True] * 5 + [False]
+  assert positives.training_rows(d, ['q', 'r', 's'], split='eval').tolist() == [True] * 3
   with pytest.raises(ValueError, match="data.positives='best': choose from"):
     positives.check('best')

@@ -5,11 +5,13 @@ import pickle
 import pathlib
 import shutil
 
+import grain
 import numpy as np
 import pytest
 
 from mmret.data import features
 from mmret.data import pipelines
+from mmret.data import positives
 from mmret.data import records
 from mmret.data import tfds_builder
 from mmret.data import tokenizer as tokenizer_lib
@@ -32,6 +34,10 @@ def data(tmp_path_factory):
 
 def _take(iterator, n):
   return [next(iterator) for _ in range(n)]
+
+
+def _keep(builder, ds, **kw):
+  return positives.training_rows(ds, pipelines.query_vocabulary(builder), **kw)
 
 
 def test_prepare_round_trip(data):
@@ -75,8 +81,8 @@ def test_prepare_skips_unchanged_input(data):
 
 def test_pretrain_pairs_values(data):
   builder, ds, tok, _, _ = data
-  batches = list(pipelines.pretrain_pairs(builder, tok, batch_size=4, seed=0, query_len=7,
-                                          title_len=9, num_epochs=1))
+  batches = list(pipelines.pretrain_pairs(builder, tok, keep=_keep(builder, ds), batch_size=4,
+                                          seed=0, query_len=7, title_len=9, num_epochs=1))
   assert len(batches) == 2  # 6 positive train pairs, the second batch padded
   b = batches[0]
   shapes = {k: (v.shape, v.dtype) for k, v in b.items()}
@@ -107,11 +113,11 @@ def test_pretrain_pairs_values(data):
 
 
 def test_deterministic_shuffle_and_checkpoint(data):
-  builder, _, tok, _, _ = data
+  builder, ds, tok, _, _ = data
 
   def make(seed):
-    return pipelines.pretrain_pairs(builder, tok, batch_size=2, seed=seed, query_len=6,
-                                    title_len=6)
+    return pipelines.pretrain_pairs(builder, tok, keep=_keep(builder, ds), batch_size=2,
+                                    seed=seed, query_len=6, title_len=6)
 
   def order(batches):
     return [b['item_index'].tolist() + b['query_index'].tolist() for b in batches]
@@ -128,9 +134,17 @@ def test_deterministic_shuffle_and_checkpoint(data):
   assert order(_take(resumed, 3)) == order(expected)
 
 
+def _is_pair(row, exclude=frozenset(), only=None) -> bool:
+  """The training-pair rule on a decoded `train` row (independent of the log's columns)."""
+  q = int(row['query_index'])
+  return (bool(row['positive']) and q not in exclude
+          and (only is None or (q, int(row['item_index'])) in only))
+
+
 def test_shards_are_disjoint_and_cover(data):
-  builder, _, tok, _, _ = data
-  kw = dict(batch_size=3, seed=0, query_len=6, title_len=6, num_epochs=1)
+  builder, ds, tok, _, _ = data
+  kw = dict(batch_size=3, seed=0, query_len=6, title_len=6, num_epochs=1,
+            keep=_keep(builder, ds))
   rows = []
   for shard in (0, 1):
     shard_rows = set()
@@ -139,10 +153,47 @@ def test_shards_are_disjoint_and_cover(data):
                      zip(b['query_index'], b['item_index'], b['valid']) if v}
     rows.append(shard_rows)
   assert not rows[0] & rows[1]
-  positive = features.IsPositive()
   everything = {(int(r['query_index']), int(r['item_index']))
-                for r in builder.as_data_source(split='train') if positive.filter(r)}
+                for r in builder.as_data_source(split='train') if _is_pair(r)}
   assert rows[0] | rows[1] == everything and everything
+
+
+@pytest.mark.parametrize('exclude, only', [(frozenset(), None), (frozenset({1}), None),
+                                           (frozenset({0}), 'most_clicked')])
+def test_pairs_are_those_of_filtering_the_decoded_split(data, exclude, only):
+  """The rows kept from the log's columns (positives.training_rows) are the decoded split's
+  training pairs, and the batches (order included, two shards, two epochs) equal those of a
+  pipeline that shuffles, filters and joins the decoded rows themselves."""
+  builder, ds, tok, _, _ = data
+  if only:
+    only = positives.most_clicked_pairs(ds, pipelines.query_vocabulary(builder))
+  split = builder.as_data_source(split='train')
+  keep = _keep(builder, ds, exclude_queries=exclude, only=only)
+  assert keep.tolist() == [_is_pair(r, exclude, only) for r in split]
+  items = features.ItemSource(builder.data_dir)
+  fields = features.PairFields(tok, 6, 7)
+  for shard in (0, 1):
+    reference = (grain.MapDataset.source(split)[shard::2].shuffle(seed=3).repeat(2)
+                 .filter(lambda r: _is_pair(r, exclude, only))
+                 .map(lambda r: {**r, **items[int(r['item_index'])]}).to_iter_dataset()
+                 .batch(2, batch_fn=features.Batcher(fields, 2, pad=True)))
+    got = pipelines.pretrain_pairs(builder, tok, keep=keep, batch_size=2, seed=3, query_len=6,
+                                   title_len=7, shard_index=shard, shard_count=2, num_epochs=2)
+    got, reference = list(got), list(reference)
+    assert len(got) == len(reference) > 0
+    for a, b in zip(got, reference):
+      assert sorted(a) == sorted(b)
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_pairs_refuse_a_keep_mask_of_another_split(data):
+  builder, ds, tok, _, _ = data
+  kw = dict(batch_size=2, seed=0, query_len=6, title_len=6)
+  with pytest.raises(ValueError, match=r"keep has shape \(3,\), the prepared 'train' split has 9"):
+    pipelines.pretrain_pairs(builder, tok, keep=np.ones(3, bool), **kw)
+  with pytest.raises(ValueError, match="no training pair .* nothing to pre-train on"):
+    pipelines.pretrain_pairs(builder, tok, keep=np.zeros(9, bool), **kw)
 
 
 def test_recall_pages(data):
@@ -177,12 +228,13 @@ def test_item_and_query_batches(data):
 
 def test_transforms_pickle_for_workers(data):
   builder, ds, tok, _, _ = data
-  join = pickle.loads(pickle.dumps(features.JoinItem(builder.data_dir)))
-  row = join.map(builder.as_data_source(split='train')[7])  # 白色连衣裙 -> a3
-  assert features.to_str(row['query']) == '白色连衣裙'
-  assert features.to_str(row['title']) == ds.items[2].title
-  batcher = pickle.loads(pickle.dumps(features.Batcher(features.PairFields(tok, 6, 6), 2, True)))
-  b = batcher([row])
+  rows = pickle.loads(pickle.dumps(features.PairRows(builder.data_dir, 'train',
+                                                     features.PairFields(tok, 6, 6))))
+  b = rows([7])  # 白色连衣裙 -> a3
+  assert pipelines.query_vocabulary(builder)[b['query_index'][0]] == '白色连衣裙'
+  np.testing.assert_array_equal(b['title_tokens'][0], tok.encode([ds.items[2].title], 6)[0][0])
+  batcher = pickle.loads(pickle.dumps(features.Batcher(rows, 2, True)))
+  b = batcher([7])
   assert b['valid'].tolist() == [True, False] and b['item_index'].tolist() == [2, 2]
 
 

@@ -15,14 +15,10 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmret.data import tfds_builder
 from mmret.data import tokenizer as tokenizer_lib
 
 Row = Mapping[str, Any]
 
-# Fields of an interaction row that the joined examples carry along.
-_INTERACTION_FIELDS = ('query', 'query_index', 'item_index', 'page_index', 'position',
-                       *tfds_builder.LABELS, *(f'{n}_present' for n in tfds_builder.LABELS))
 _ITEM_FIELDS = ('title', 'image', 'has_image', 'context', 'context_present')
 
 
@@ -35,15 +31,17 @@ def to_str(value: bytes | str) -> str:
 # feature of the dataset (one FeaturesDict), so a catalog row decoded whole is 26 features;
 # decoding these 6 is ~1.7x faster a row, ~4.6x with batched reads (docs/PERFORMANCE.md).
 ITEM_ROW_FIELDS = ('item_index', *_ITEM_FIELDS)
+# What a training pair reads of its `train` row: the item's fields come from `items`.
+PAIR_ROW_FIELDS = ('query', 'query_index', 'item_index')
 
 
-class ItemSource:
-  """Random access to the `items` split, opened lazily by path (so it pickles to workers),
-  decoding only ITEM_ROW_FIELDS with TFDS's own decoder; `rows(indices)` reads the records of a
-  batch in one array_record call."""
+class RowSource:
+  """Random access to one split, opened lazily by path (so it pickles to workers), decoding
+  only `fields` with TFDS's own decoder; `rows(indices)` reads the records of a batch in one
+  array_record call."""
 
-  def __init__(self, builder_dir: str):
-    self.builder_dir = builder_dir
+  def __init__(self, builder_dir: str, split: str, fields: Sequence[str]):
+    self.builder_dir, self.split, self.fields = builder_dir, split, tuple(fields)
     self._raw = None
     self._features = None
     self._lock = threading.Lock()
@@ -54,9 +52,9 @@ class ItemSource:
         if self._raw is None:
           builder = tfds.builder_from_directory(self.builder_dir)
           self._features = tfds.features.FeaturesDict(
-              {k: builder.info.features[k] for k in ITEM_ROW_FIELDS})
+              {k: builder.info.features[k] for k in self.fields})
           self._raw = builder.as_data_source(
-              split='items', deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+              split=self.split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     return self._raw
 
   def __len__(self) -> int:
@@ -71,40 +69,27 @@ class ItemSource:
     return [self._features.deserialize_example_np(r) for r in records]
 
   def __getstate__(self):
-    return {'builder_dir': self.builder_dir}
+    return {'builder_dir': self.builder_dir, 'split': self.split, 'fields': self.fields}
 
   def __setstate__(self, state):
-    self.__init__(state['builder_dir'])
+    RowSource.__init__(self, state['builder_dir'], state['split'], state['fields'])
 
 
-class IsPositive(grain.transforms.Filter):
-  """Keeps interactions that are positives (clicked or bought; see records.Interaction), except
-  those of the held-out queries (query_index in `exclude`: the validation split) and, with
-  `only`, those whose (query_index, item_index) is not in it (mmret.data.positives)."""
-
-  def __init__(self, exclude: frozenset[int] = frozenset(),
-               only: frozenset[tuple[int, int]] | None = None):
-    self.exclude = frozenset(int(i) for i in exclude)
-    self.only = only
-
-  def filter(self, element: Row) -> bool:
-    q = int(element['query_index'])
-    if not element['positive'] or q in self.exclude:
-      return False
-    return self.only is None or (q, int(element['item_index'])) in self.only
-
-
-class JoinItem(grain.transforms.Map):
-  """Interaction row -> the interaction's fields plus its item's title, image and context."""
+class ItemSource(RowSource):
+  """The `items` split, ITEM_ROW_FIELDS decoded (item_features' input)."""
 
   def __init__(self, builder_dir: str):
-    self.items = ItemSource(builder_dir)
+    super().__init__(builder_dir, 'items', ITEM_ROW_FIELDS)
 
-  def map(self, element: Row) -> dict[str, Any]:
-    item = self.items[int(element['item_index'])]
-    out = {k: element[k] for k in _INTERACTION_FIELDS}
-    out.update({k: item[k] for k in _ITEM_FIELDS})
-    return out
+
+class KeepRows(grain.transforms.Filter):
+  """Keeps the row numbers r with keep[r] (a split's training rows: positives.training_rows)."""
+
+  def __init__(self, keep: np.ndarray):
+    self.keep = np.asarray(keep, bool)
+
+  def filter(self, element: int) -> bool:
+    return bool(self.keep[element])
 
 
 def pad_rows(rows: Sequence[Row], batch_size: int) -> tuple[list[Row], np.ndarray]:
@@ -182,6 +167,23 @@ class PairFields:
     batch.update(item_features(rows, self.tokenizer, self.title_len))
     batch['query_index'] = np.array([r['query_index'] for r in rows], np.int32)
     return batch
+
+
+class PairRows:
+  """Batch fields of row numbers of an interaction split: each batch's pair rows read in one
+  call (PAIR_ROW_FIELDS decoded), joined with their items' rows (read in one call), then
+  `fields` (PairFields). The rows arrive as ints, so a pipeline shuffles and filters row
+  numbers and decodes only the rows it batches."""
+
+  def __init__(self, builder_dir: str, split: str, fields):
+    self.pairs = RowSource(builder_dir, split, PAIR_ROW_FIELDS)
+    self.items = ItemSource(builder_dir)
+    self.fields = fields
+
+  def __call__(self, rows: Sequence[int]) -> dict[str, np.ndarray]:
+    pairs = self.pairs.rows(rows)
+    items = self.items.rows([r['item_index'] for r in pairs])
+    return self.fields([{**item, **pair} for pair, item in zip(pairs, items)])
 
 
 class PageFields:

@@ -116,6 +116,13 @@ class InteractionColumns:
   position: np.ndarray
   engagement: np.ndarray
 
+  def split_rows(self, split: str) -> np.ndarray:
+    """int64: the interactions of `split` ('train' or 'eval') in log order, which is the
+    order of the rows of that split in the prepared dataset (tfds_builder)."""
+    if split not in ('train', 'eval'):
+      raise ValueError(f"split {split!r}: the interaction splits are 'train' and 'eval'.")
+    return np.flatnonzero(self.is_eval if split == 'eval' else ~self.is_eval)
+
   def rows(self, position: dict[str, int]) -> np.ndarray:
     """int64 [M]: each interaction's query looked up in `position` (query -> row), -1 where
     the query is not in it."""

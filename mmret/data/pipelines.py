@@ -7,7 +7,9 @@
 
 Every training pipeline has the same shape:
   source split -> shard (rows shard_index::shard_count, so processes see disjoint slices) ->
-  shuffle(seed) -> repeat(num_epochs) -> [filter] -> [join the item] -> batch.
+  shuffle(seed) -> repeat(num_epochs) -> batch;
+pretrain_pairs shuffles row numbers instead, keeps the training pairs' rows and reads and
+decodes, per batch, only those (and their items).
 `num_epochs=None` repeats forever (each epoch reshuffled, deterministically) and batches have
 exactly `batch_size` rows and no `valid` field. A finite `num_epochs` (evaluation) keeps the
 short last batch, padded to `batch_size` by repeating its last row, with `valid` bool [B].
@@ -18,6 +20,7 @@ checkpoint the position (grain.checkpoint handlers do this through orbax).
 from collections.abc import Sequence
 
 import grain
+import numpy as np
 import tensorflow_datasets as tfds
 
 from mmret.data import features
@@ -51,20 +54,14 @@ def _shard_rows(num_rows: int, shard_index: int, shard_count: int) -> range:
 
 def _pipeline(source, batcher: features.Batcher, *, seed: int, shard_index: int,
               shard_count: int, num_epochs: int | None, shuffle: bool = True,
-              filter_fn: grain.transforms.Filter | None = None,
-              map_fn: grain.transforms.Map | None = None,
               read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
-  """Assembles source -> shard -> shuffle -> repeat -> filter -> map -> batch."""
+  """Assembles source -> shard -> shuffle -> repeat -> batch."""
   _shard_rows(len(source), shard_index, shard_count)
   ds = grain.MapDataset.source(source)[shard_index::shard_count]
   if shuffle:
     ds = ds.shuffle(seed=seed)
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
-  if filter_fn is not None:
-    ds = ds.filter(filter_fn)
-  if map_fn is not None:
-    ds = ds.map(map_fn)
   it = ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS)
   it = grain.experimental.WithOptionsIterDataset(it, _OPTIONS)
   # Infinite streams never end, so drop_remainder only matters for finite ones, which pad.
@@ -79,28 +76,45 @@ def _check_training_positives(builder: tfds.core.DatasetBuilder, split: str) -> 
 
 
 def pretrain_pairs(builder: tfds.core.DatasetBuilder, tokenizer: tokenizer_lib.Tokenizer, *,
-                   batch_size: int, seed: int, query_len: int, title_len: int,
-                   shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None,
-                   split: str = 'train', read_options: grain.ReadOptions | None = None,
-                   exclude_queries: frozenset[int] = frozenset(),
-                   only_pairs: frozenset[tuple[int, int]] | None = None) -> grain.IterDataset:
-  """Positive (query, item) pairs joined with their items' features; the pairs of queries with
-  a query_index in exclude_queries (held out for validation) are left out, and with only_pairs
-  every (query_index, item_index) not in it (mmret.data.positives).
+                   keep: np.ndarray, batch_size: int, seed: int, query_len: int,
+                   title_len: int, shard_index: int = 0, shard_count: int = 1,
+                   num_epochs: int | None = None, split: str = 'train') -> grain.IterDataset:
+  """The training pairs of `split` (keep: bool [rows of the split], positives.training_rows)
+  joined with their items' features.
 
-  Positives are records.Dataset.positive (clicked or bought; with no labels at all, every
-  interaction). Batch: query_tokens/query_mask [B, Lq], title_tokens/title_mask [B, Lt],
-  image uint8 [B, S, S, 3], image_present, text_present bool [B], query_index (into the
-  `queries` split; -1 for an eval query unseen in train), item_index int32 [B], context [B, C],
+  Row numbers are sharded (shard_index::shard_count), shuffled, repeated and filtered by
+  `keep`; only the kept rows are read and decoded, a batch's pair rows in one call and their
+  items in another (features.PairRows). The order is that of shuffling and filtering the rows
+  themselves, so the batches are those of a source -> shuffle -> filter pipeline over the
+  decoded split (tests/test_tfds_pipeline.py checks this).
+
+  Batch: query_tokens/query_mask [B, Lq], title_tokens/title_mask [B, Lt], image uint8
+  [B, S, S, 3], image_present, text_present bool [B], query_index (into the `queries` split;
+  -1 for an eval query unseen in train), item_index int32 [B], context [B, C],
   context_present [B, C]; plus valid [B] when num_epochs is finite.
   """
-  _check_training_positives(builder, split)
-  batcher = features.Batcher(features.PairFields(tokenizer, query_len, title_len), batch_size,
-                             pad=num_epochs is not None)
-  return _pipeline(_source(builder, split), batcher, seed=seed, shard_index=shard_index,
-                   shard_count=shard_count, num_epochs=num_epochs,
-                   filter_fn=features.IsPositive(exclude_queries, only_pairs), map_fn=features.JoinItem(builder.data_dir),
-                   read_options=read_options)
+  num_rows = len(_source(builder, split))
+  keep = np.asarray(keep, bool)
+  if keep.shape != (num_rows,):
+    raise ValueError(f'pretrain_pairs: keep has shape {keep.shape}, the prepared {split!r} '
+                     f'split has {num_rows} rows (is the TFDS cache from other records?).')
+  rows = _shard_rows(num_rows, shard_index, shard_count)
+  if not keep[rows.start::rows.step].any():
+    # A filter over an infinite stream without a single kept row would spin forever.
+    raise ValueError(f'the {split!r} split has no training pair (no click, purchase or '
+                     'engagement outside the held-out queries) in shard '
+                     f'{shard_index} of {shard_count}: nothing to pre-train on.')
+  ds = grain.MapDataset.range(num_rows)[shard_index::shard_count].shuffle(seed=seed)
+  if num_epochs != 1:
+    ds = ds.repeat(num_epochs)
+  # Row numbers are ints: filtering them costs nothing, so no prefetch threads.
+  it = ds.filter(features.KeepRows(keep)).to_iter_dataset(
+      grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  it = grain.experimental.WithOptionsIterDataset(it, _OPTIONS)
+  fields = features.PairRows(builder.data_dir, split,
+                             features.PairFields(tokenizer, query_len, title_len))
+  batcher = features.Batcher(fields, batch_size, pad=num_epochs is not None)
+  return it.batch(batch_size, drop_remainder=False, batch_fn=batcher)
 
 
 def recall_pages(builder: tfds.core.DatasetBuilder, *, batch_size: int, seed: int,

@@ -16,6 +16,29 @@ from mmret.data import records
 CHOICES = ('all', 'most_clicked')  # config.data.positives
 
 
+def training_rows(dataset: records.Dataset, queries: Sequence[str], *, split: str = 'train',
+                  exclude_queries: frozenset[int] = frozenset(),
+                  only: frozenset[tuple[int, int]] | None = None) -> np.ndarray:
+  """bool [rows of `split` in the prepared dataset]: the rows that are training pairs.
+
+  A row is kept when its interaction is a positive (records.Dataset.positive), its query's
+  index into `queries` (the train query vocabulary; -1 for a query not in it) is not in
+  exclude_queries (the validation split) and, with `only` (most_clicked_pairs), its
+  (query_index, item_index) is in it. Rows are numbered as tfds_builder writes the split
+  (InteractionColumns.split_rows), so the pipeline shuffles row numbers and decodes only the
+  rows it keeps.
+  """
+  cols = dataset.columns()
+  rows = cols.split_rows(split)
+  query = cols.rows({q: i for i, q in enumerate(queries)})[rows]
+  keep = cols.positive[rows] & ~np.isin(query, np.fromiter(exclude_queries, np.int64))
+  if only is not None:
+    n = max(len(dataset.items), 1)
+    codes = np.array([q * n + i for q, i in only], np.int64)
+    keep &= np.isin(query * n + cols.item[rows], codes) & (query >= 0)
+  return keep
+
+
 def most_clicked_pairs(dataset: records.Dataset, queries: Sequence[str]
                        ) -> frozenset[tuple[int, int]]:
   """(query_index into `queries`, item_index) of each train query's most-clicked item."""

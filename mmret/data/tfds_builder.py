@@ -154,9 +154,10 @@ class ByodBuilder(tfds.core.GeneratorBasedBuilder):
     self._page_index = cols.page.tolist()  # pages numbered by first appearance
     splits = self._dataset.splits()
     gens = {'items': self._generate_examples('items', None)}
-    for name, rows in (('train', train), ('eval', cols.is_eval)):
-      if rows.any():
-        gens[name] = self._generate_examples('interactions', np.flatnonzero(rows).tolist())
+    for name in ('train', 'eval'):
+      rows = cols.split_rows(name)  # the row order positives.training_rows relies on
+      if rows.size:
+        gens[name] = self._generate_examples('interactions', rows.tolist())
     if train_queries:
       gens['queries'] = self._generate_examples('queries', cols)
       if (train & cols.positive).any():

@@ -40,12 +40,13 @@ def pairs(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData, *,
   only = None
   if positives.check(config.data.get('positives', 'all')) == 'most_clicked':
     only = positives.most_clicked_pairs(data.dataset, queries)
+  keep = positives.training_rows(data.dataset, queries, only=only,
+                                 exclude_queries=frozenset(vocabulary[q] for q in held_out))
   return pipelines.pretrain_pairs(
-      data.builder, data.tokenizer,
+      data.builder, data.tokenizer, keep=keep,
       batch_size=batch_size or config.train.batch_size // shard_count, seed=config.seed,
       query_len=config.data.query_len, title_len=config.data.title_len,
-      shard_index=shard_index, shard_count=shard_count,
-      exclude_queries=frozenset(vocabulary[q] for q in held_out), only_pairs=only)
+      shard_index=shard_index, shard_count=shard_count)
 
 
 class TrainInput:
