@@ -25,9 +25,10 @@ so what is timed is what `python -m mmret.launch` runs. Reported (JSON, also pri
   bucket_compile_seconds   compile of each further bucket met in a first pass of fed batches
                            (each is its own executable); compiles_during_fed: buckets first
                            met in the timed pass (their compile is inside step_ms_fed)
-  pipeline_examples_per_sec  the host input pipeline alone (no device transfer, no step); it
-                           runs in the calling thread (no Grain workers), so this is the rate
-                           of one host core (`host_cores` says how many the host has)
+  pipeline_examples_per_sec  the host input pipeline alone (no device transfer, no step); with
+                           data.workers = 0 it runs in the calling thread, so this is the rate
+                           of one host core (`host_cores` says how many the host has); with
+                           N > 0, of N Grain worker processes
 
   python bench/pretrain_step.py --config configs/pretrain.py:base --batch_size 8 --steps 3 \
       --out /tmp/base.json --config.data.tokenizer=train --config.data.synthshop_size=small \
@@ -258,7 +259,7 @@ def measure(config, args) -> dict[str, Any]:
         'bucket_compile_seconds': bucket_compile_seconds,
         'compiles_during_fed': len(by_shape) - warm,
         'pipeline_examples_per_sec': pipeline_rate(train, args.pipeline_batches, batch_size),
-        'host_cores': os.cpu_count(),
+        'host_cores': os.cpu_count(), 'data_workers': config.data.get('workers', 0),
         'loss': float(metrics['loss/total']),
     }
 

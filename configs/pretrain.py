@@ -98,6 +98,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # rows: scales) or 'global_batch' (each process reads the whole global batch and keeps its
   # rows: the batches, and so the run, do not depend on the number of processes).
   c.data.process_sharding = 'per_process'
+  # Grain worker processes making the training batches (0: in the training process). The
+  # batches are the same whatever the count (mmret/data/pipelines.py). One core makes ~2,000
+  # `default` examples/s (docs/PERFORMANCE.md): an accelerator host needs a few.
+  c.data.workers = 0
   # Length bucketing of the training batches (mmret/data/length_buckets.py): query and title
   # tokens cut, per batch, to the shortest multiple of this that holds the longest row; each
   # length is its own compiled step. 0: fixed lengths. `base` (accelerators, FLOP-bound): 4,

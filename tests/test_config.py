@@ -138,6 +138,8 @@ def test_model_axis_must_divide_the_sharded_dimensions():
     ({'model.mlm_prob': -0.1}, r'model\.mlm_prob=-0\.1: a probability must be in \[0, 1\]'),
     ({'data.title_len': 0}, r"data\.title_len'=0: must be a positive integer"),
     ({'eval.batch_size': -4}, r"eval\.batch_size'=-4: must be a positive integer"),
+    ({'data.length_multiple': -4}, r'data\.length_multiple=-4: must be an integer >= 0'),
+    ({'data.workers': -1}, r'data\.workers=-1: must be an integer >= 0'),
 ])
 def test_values_that_would_be_silently_wrong_are_refused(override, match):
   config = load_config('configs/pretrain.py:tiny', override)

@@ -187,6 +187,28 @@ def test_pairs_are_those_of_filtering_the_decoded_split(data, exclude, only):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+def test_worker_processes_make_the_same_batches_and_resume(data):
+  """data.workers: two Grain worker processes give the batches of the training process, in
+  order, over epoch boundaries; the state after three batches resumes on the fourth."""
+  builder, ds, tok, _, _ = data
+  kw = dict(keep=_keep(builder, ds), batch_size=4, seed=5, query_len=6, title_len=6)
+  plain = _take(iter(pipelines.pretrain_pairs(builder, tok, **kw)), 6)  # 6 pairs an epoch
+  it = iter(pipelines.pretrain_pairs(builder, tok, workers=2, **kw))
+  parallel = _take(it, 3)
+  state = it.get_state()
+  parallel += _take(it, 3)
+  it.close()
+  resumed = iter(pipelines.pretrain_pairs(builder, tok, workers=2, **kw))
+  resumed.set_state(state)
+  fourth = next(resumed)
+  resumed.close()
+  for a, b in zip(plain, parallel):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  for key in plain[3]:
+    np.testing.assert_array_equal(fourth[key], plain[3][key], err_msg=key)
+
+
 def test_pairs_refuse_a_keep_mask_of_another_split(data):
   builder, ds, tok, _, _ = data
   kw = dict(batch_size=2, seed=0, query_len=6, title_len=6)

@@ -31,6 +31,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       'data.positives': positives.CHOICES,
       'optim.mu_dtype': ('', 'float32', 'bfloat16'),
   })
+  workers = config.data.get('workers', 0)
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    raise ConfigError(f'config key data.workers={workers!r}: must be an integer >= 0 '
+                      '(0 = batches made in the training process).')
   multiple = config.data.get('length_multiple', 0)
   if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 0:
     raise ConfigError(f'config key data.length_multiple={multiple!r}: must be an integer >= 0 '

@@ -46,7 +46,7 @@ def pairs(config: ml_collections.ConfigDict, data: prepare_lib.PreparedData, *,
       data.builder, data.tokenizer, keep=keep,
       batch_size=batch_size or config.train.batch_size // shard_count, seed=config.seed,
       query_len=config.data.query_len, title_len=config.data.title_len,
-      shard_index=shard_index, shard_count=shard_count)
+      shard_index=shard_index, shard_count=shard_count, workers=config.data.get('workers', 0))
 
 
 class TrainInput:
