@@ -66,7 +66,10 @@ class TrainInput:
     # Without any judged-irrelevant train pair the batch keeps its usual fields (and shapes).
     self.negatives = table if num and any(t.size for t in table) else None
     self.items = features.ItemSource(data.builder.data_dir)
-    self.sample: dict[str, Any] = self._host(next(iter(dataset)), -1)  # nothing skipped
+    first = iter(dataset)  # its own iterator: `iterator` skips nothing
+    self.sample: dict[str, Any] = self._host(next(first), -1)
+    if hasattr(first, 'close'):
+      first.close()  # with data.workers, its worker processes
 
   def _host(self, host: dict, step: int) -> dict:
     host['item_log_q'] = self.item_log_q[host['item_index']]
