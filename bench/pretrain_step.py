@@ -216,19 +216,21 @@ def measure(config, args) -> dict[str, Any]:
       # a first pass of fed batches are compiled before the timed pass (their compile times
       # reported); a shape first met in the timed pass compiles there (counted).
       by_shape = {_shapes(first): compiled}
-      bucket_compile_seconds = []
+
+      def executable(state, batch):
+        """The compiled step of the batch's shape; compiles it if new (returns its seconds)."""
+        key, tic = _shapes(batch), time.perf_counter()
+        if key not in by_shape:
+          by_shape[key] = built['step_fn'].lower(state, batch).compile()
+          return by_shape[key], time.perf_counter() - tic
+        return by_shape[key], None
       warm_batches = [train.next_batch(0) for _ in range(args.steps)]
-      for batch in warm_batches:
-        if _shapes(batch) not in by_shape:
-          tic = time.perf_counter()
-          by_shape[_shapes(batch)] = built['step_fn'].lower(state, batch).compile()
-          bucket_compile_seconds.append(time.perf_counter() - tic)
+      bucket_compile_seconds = [s for s in (executable(state, b)[1] for b in warm_batches)
+                                if s is not None]
       warm = len(by_shape)
 
       def step(state, batch):
-        if _shapes(batch) not in by_shape:
-          by_shape[_shapes(batch)] = built['step_fn'].lower(state, batch).compile()
-        return by_shape[_shapes(batch)](state, batch)
+        return executable(state, batch)[0](state, batch)
       fed = []
       state, _, fed_ms = run_steps(step, state, [
           lambda: fed.append(train.next_batch(0)) or fed[-1] for _ in range(args.steps)])

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -80,16 +79,6 @@ class ItemSource(RowSource):
 
   def __init__(self, builder_dir: str):
     super().__init__(builder_dir, 'items', ITEM_ROW_FIELDS)
-
-
-class KeepRows(grain.transforms.Filter):
-  """Keeps the row numbers r with keep[r] (a split's training rows: positives.training_rows)."""
-
-  def __init__(self, keep: np.ndarray):
-    self.keep = np.asarray(keep, bool)
-
-  def filter(self, element: int) -> bool:
-    return bool(self.keep[element])
 
 
 def pad_rows(rows: Sequence[Row], batch_size: int) -> tuple[list[Row], np.ndarray]:

@@ -31,9 +31,6 @@ from mmret.data import tokenizer as tokenizer_lib
 # Threads decoding rows in parallel. Decoding is mostly numpy/protobuf work that releases the
 # GIL only in part, so a few threads suffice; the prefetch buffer smooths the join's latency.
 DEFAULT_READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=256)
-_OPTIONS = grain.experimental.DatasetOptions(
-    # Click logs are mostly non-clicks: filtering out >90% of impressions is expected here.
-    filter_warn_threshold_ratio=None)
 
 
 def _source(builder: tfds.core.DatasetBuilder, split: str):
@@ -65,7 +62,6 @@ def _pipeline(source, batcher: features.Batcher, *, seed: int, shard_index: int,
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
   it = ds.to_iter_dataset(read_options or DEFAULT_READ_OPTIONS)
-  it = grain.experimental.WithOptionsIterDataset(it, _OPTIONS)
   # Infinite streams never end, so drop_remainder only matters for finite ones, which pad.
   return it.batch(batcher.batch_size, drop_remainder=False, batch_fn=batcher)
 
